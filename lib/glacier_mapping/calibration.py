@@ -1,0 +1,715 @@
+"""Pixel confidence, reliability tables, expected calibration error and JSON calibrators.
+
+Confidence is one minus the normalised binary Shannon entropy of the softmax output, as in the
+original code. A :class:`ReliabilityTable` accumulates per-bin counts over any number of tiles
+with bounded memory. Three calibrators share one interface (:class:`Calibrator`):
+
+- :class:`KernelRidgeCalibrator`, the original method: kernel ridge regression with a
+  Laplacian kernel from bin mean confidence to bin accuracy, anchors (0, 0) and (1, 1) and the
+  per-point regularisation ``alpha_i = 0.01 (1 - w_i)``, ``w_i = (count_i / max count) ** 0.1``.
+- :class:`IsotonicCalibrator`, a monotone step function fitted on the same table.
+- :class:`TemperatureCalibrator`, temperature scaling of the two-class logit, fitted on a
+  sample of validation pixels.
+
+Calibrated confidence always means the probability that the pixel's predicted class is right,
+which is what ECE measures and what IoU estimation needs. The entropy confidence of calibrated
+*probabilities* is not that (calibrated probabilities (0.9, 0.1) are right 90 % of the time but
+have entropy confidence 0.53), so the temperature calibrator's calibrated confidence is the
+top-class probability after scaling.
+
+Every calibrator exposes ``calibrated_confidence(probs)``, so callers need not care which one
+they hold, and is stored as JSON (never pickle) with a ``kind`` field read by
+:func:`load_calibrator`.
+
+Note:
+    The original passes the per-point ``alpha`` array to scikit-learn's ``KernelRidge``, which
+    reads an ``alpha`` array as one penalty *per target*; with a single target it silently uses
+    ``alpha[0]`` for every point. We solve the per-point system as the method describes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+
+from glacier_mapping.data.schema import NUM_CLASSES
+
+#: Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before logs (as in the original).
+PROB_EPS = 1e-6
+#: Bins of the reliability table used for ECE and for fitting the calibrators.
+ECE_BINS = 100
+#: Bins of the reliability diagrams.
+DIAGRAM_BINS = 10
+#: Diagonal jitter added to the kernel ridge system: anchors and the most populated bin have
+#: ``alpha = 0``, and a bin whose mean confidence equals an anchor would make it singular.
+KERNEL_RIDGE_JITTER = 1e-10
+_PREDICT_CHUNK = 16_384
+_FORMAT_VERSION = 1
+
+
+def confidence(probs: np.ndarray) -> np.ndarray:
+    """Pixel confidence ``1 - H(p) / log 2`` of two-class softmax probabilities.
+
+    Args:
+        probs: Softmax probabilities, shape ``(..., 2)``.
+
+    Returns:
+        Confidence in [0, 1], shape ``probs.shape[:-1]``: 0 for (0.5, 0.5), ~1 for one-hot.
+
+    Raises:
+        ValueError: if the last axis does not hold two classes.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim == 0 or probs.shape[-1] != NUM_CLASSES:
+        raise ValueError(
+            f"probs must have shape (..., {NUM_CLASSES}) (softmax over background, glacier); "
+            f"got {probs.shape}."
+        )
+    dtype = probs.dtype if np.issubdtype(probs.dtype, np.floating) else np.float64
+    p = np.clip(probs.astype(dtype, copy=False), PROB_EPS, 1.0 - PROB_EPS)
+    entropy = -np.sum(p * np.log(p), axis=-1)
+    return np.clip(1.0 - entropy / np.log(2.0), 0.0, 1.0).astype(dtype, copy=False)
+
+
+def correct_predictions(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Whether the arg-max class of ``probs`` equals the label, per pixel.
+
+    Args:
+        probs: Softmax probabilities, shape ``(..., 2)``.
+        labels: Class indices of shape ``probs.shape[:-1]`` or one-hot of ``probs.shape``.
+
+    Returns:
+        Boolean array of shape ``probs.shape[:-1]``.
+
+    Raises:
+        ValueError: if the shapes do not fit together.
+    """
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    if labels.shape == probs.shape:
+        labels = np.argmax(labels, axis=-1)
+    if labels.shape != probs.shape[:-1]:
+        raise ValueError(
+            f"labels must be class indices of shape {probs.shape[:-1]} or one-hot of shape "
+            f"{probs.shape}; got {labels.shape}."
+        )
+    return np.argmax(probs, axis=-1) == labels
+
+
+def _check_unit_interval(values: np.ndarray, name: str) -> None:
+    if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0.0
+                            and values.max() <= 1.0):
+        raise ValueError(f"{name} must be finite and in [0, 1]; mask invalid pixels with `valid`.")
+
+
+def _flat_valid(arrays: list[np.ndarray], valid: np.ndarray | None, names: str) -> list[np.ndarray]:
+    shape = arrays[0].shape
+    if any(a.shape != shape for a in arrays) or (valid is not None and valid.shape != shape):
+        shapes = [a.shape for a in arrays] + ([valid.shape] if valid is not None else [])
+        raise ValueError(f"{names} must all have the same shape; got {shapes}.")
+    if valid is None:
+        return [a.ravel() for a in arrays]
+    mask = valid.astype(bool).ravel()
+    return [a.ravel()[mask] for a in arrays]
+
+
+class ReliabilityTable:
+    """Per-bin pixel counts, summed confidence and summed correctness over equal-width bins.
+
+    Memory is ``3 * n_bins`` numbers however many pixels are added, so a whole validation set
+    can be streamed tile by tile (or window by window) through :meth:`update`.
+
+    Args:
+        n_bins: Number of equal-width confidence bins on [0, 1] (100 for ECE, 10 for diagrams).
+
+    Raises:
+        ValueError: if ``n_bins`` is not a positive integer.
+    """
+
+    def __init__(self, n_bins: int = ECE_BINS) -> None:
+        if int(n_bins) != n_bins or n_bins < 1:
+            raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}.")
+        self.n_bins = int(n_bins)
+        self.counts = np.zeros(self.n_bins, dtype=np.int64)
+        self.confidence_sum = np.zeros(self.n_bins, dtype=np.float64)
+        self.correct_sum = np.zeros(self.n_bins, dtype=np.float64)
+
+    @property
+    def total(self) -> int:
+        """Number of pixels added so far."""
+        return int(self.counts.sum())
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Bin edges, shape ``(n_bins + 1,)``."""
+        return np.linspace(0.0, 1.0, self.n_bins + 1)
+
+    def update(
+        self, conf: np.ndarray, correct: np.ndarray, valid: np.ndarray | None = None
+    ) -> ReliabilityTable:
+        """Add pixels to the table (in place).
+
+        Args:
+            conf: Confidence in [0, 1], any shape.
+            correct: Whether each pixel's predicted class is right, same shape.
+            valid: Optional mask of pixels to use, same shape (e.g. not nodata).
+
+        Returns:
+            The table itself, for chaining.
+
+        Raises:
+            ValueError: if the shapes differ or a valid confidence lies outside [0, 1].
+        """
+        conf_arr, correct_arr = _flat_valid(
+            [np.asarray(conf, dtype=np.float64), np.asarray(correct)],
+            None if valid is None else np.asarray(valid),
+            "conf, correct and valid",
+        )
+        _check_unit_interval(conf_arr, "conf")
+        index = np.minimum((conf_arr * self.n_bins).astype(np.int64), self.n_bins - 1)
+        self.counts += np.bincount(index, minlength=self.n_bins)
+        self.confidence_sum += np.bincount(index, weights=conf_arr, minlength=self.n_bins)
+        self.correct_sum += np.bincount(
+            index, weights=correct_arr.astype(np.float64), minlength=self.n_bins
+        )
+        return self
+
+    def update_from_probs(
+        self, probs: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
+    ) -> ReliabilityTable:
+        """Add pixels given softmax probabilities and labels (uncalibrated confidence).
+
+        Args:
+            probs: Softmax probabilities, shape ``(..., 2)``.
+            labels: Class indices ``(...)`` or one-hot ``(..., 2)``.
+            valid: Optional mask of shape ``probs.shape[:-1]``.
+
+        Returns:
+            The table itself.
+        """
+        return self.update(confidence(probs), correct_predictions(probs, labels), valid)
+
+    def merge(self, other: ReliabilityTable) -> ReliabilityTable:
+        """Return a new table holding the pixels of both tables.
+
+        Raises:
+            ValueError: if the bin counts differ.
+        """
+        if other.n_bins != self.n_bins:
+            raise ValueError(
+                f"Cannot merge tables with {self.n_bins} and {other.n_bins} bins; rebin first."
+            )
+        merged = ReliabilityTable(self.n_bins)
+        merged.counts = self.counts + other.counts
+        merged.confidence_sum = self.confidence_sum + other.confidence_sum
+        merged.correct_sum = self.correct_sum + other.correct_sum
+        return merged
+
+    def rebin(self, n_bins: int) -> ReliabilityTable:
+        """Return the table with ``n_bins`` coarser bins (e.g. 100 -> 10 for a diagram).
+
+        Raises:
+            ValueError: if ``n_bins`` does not divide the current number of bins.
+        """
+        if n_bins < 1 or self.n_bins % n_bins:
+            raise ValueError(
+                f"Cannot rebin {self.n_bins} bins to {n_bins}: n_bins must divide {self.n_bins}."
+            )
+        factor = self.n_bins // n_bins
+        coarse = ReliabilityTable(n_bins)
+        coarse.counts = self.counts.reshape(n_bins, factor).sum(axis=1)
+        coarse.confidence_sum = self.confidence_sum.reshape(n_bins, factor).sum(axis=1)
+        coarse.correct_sum = self.correct_sum.reshape(n_bins, factor).sum(axis=1)
+        return coarse
+
+    def table(self) -> pd.DataFrame:
+        """Per-bin summary: ``bin_lower, bin_upper, count, mean_confidence, accuracy``.
+
+        Mean confidence and accuracy are NaN in empty bins.
+        """
+        edges = self.edges
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_conf = np.where(self.counts > 0, self.confidence_sum / self.counts, np.nan)
+            accuracy = np.where(self.counts > 0, self.correct_sum / self.counts, np.nan)
+        return pd.DataFrame({
+            "bin_lower": edges[:-1],
+            "bin_upper": edges[1:],
+            "count": self.counts.copy(),
+            "mean_confidence": mean_conf,
+            "accuracy": accuracy,
+        })
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable form (exact: integers and float64 sums)."""
+        return {
+            "kind": "reliability_table",
+            "n_bins": self.n_bins,
+            "counts": self.counts.tolist(),
+            "confidence_sum": self.confidence_sum.tolist(),
+            "correct_sum": self.correct_sum.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReliabilityTable:
+        """Rebuild a table written by :meth:`to_json`."""
+        table = cls(data["n_bins"])
+        table.counts = np.asarray(data["counts"], dtype=np.int64)
+        table.confidence_sum = np.asarray(data["confidence_sum"], dtype=np.float64)
+        table.correct_sum = np.asarray(data["correct_sum"], dtype=np.float64)
+        if any(a.shape != (table.n_bins,) for a in
+               (table.counts, table.confidence_sum, table.correct_sum)):
+            raise ValueError(f"Reliability table JSON arrays must have {table.n_bins} entries.")
+        return table
+
+
+def _nonempty_bins(table: ReliabilityTable) -> pd.DataFrame:
+    frame = table.table()
+    frame = frame[frame["count"] > 0]
+    if frame.empty:
+        raise ValueError("The reliability table is empty; add pixels with update() first.")
+    return frame
+
+
+def expected_calibration_error(table: ReliabilityTable, n_bins: int = ECE_BINS) -> float:
+    """ECE = sum over bins of ``count / N * |accuracy - mean confidence|``.
+
+    Args:
+        table: Reliability table; rebinned to ``n_bins`` if it is finer.
+        n_bins: Number of bins of the ECE (the original uses 100).
+
+    Returns:
+        The expected calibration error in [0, 1].
+
+    Raises:
+        ValueError: if the table is empty or cannot be rebinned to ``n_bins``.
+    """
+    if table.n_bins != n_bins:
+        table = table.rebin(n_bins)
+    frame = _nonempty_bins(table)
+    gaps = np.abs(frame["accuracy"] - frame["mean_confidence"])
+    return float(np.sum(frame["count"] * gaps) / frame["count"].sum())
+
+
+def reliability_diagram_data(table: ReliabilityTable, n_bins: int = DIAGRAM_BINS) -> pd.DataFrame:
+    """Per-bin data of a reliability diagram.
+
+    Args:
+        table: Reliability table, rebinned to ``n_bins`` if finer.
+        n_bins: Number of bars (the original draws 10).
+
+    Returns:
+        DataFrame with ``bin_lower, bin_upper, bin_center, count, fraction, mean_confidence,
+        accuracy, gap`` (``gap = accuracy - mean_confidence``, negative when over-confident).
+    """
+    if table.n_bins != n_bins:
+        table = table.rebin(n_bins)
+    frame = table.table()
+    total = max(table.total, 1)
+    frame.insert(2, "bin_center", (frame["bin_lower"] + frame["bin_upper"]) / 2)
+    frame.insert(4, "fraction", frame["count"] / total)
+    frame["gap"] = frame["accuracy"] - frame["mean_confidence"]
+    return frame
+
+
+class CalibrationData:
+    """Everything the calibrators fit on, gathered in one bounded-memory pass over tiles.
+
+    Holds a :class:`ReliabilityTable` (for the kernel ridge and isotonic calibrators) and a
+    uniform random sample of at most ``max_pixels`` (probabilities, label) pixels (for
+    temperature scaling). The sample is a bottom-k sample: each pixel gets a random key and the
+    ``max_pixels`` smallest keys are kept, which is a uniform sample without replacement of all
+    pixels seen.
+
+    Args:
+        n_bins: Bins of the reliability table.
+        max_pixels: Size of the pixel sample.
+        seed: Seed of the sampling keys.
+
+    Raises:
+        ValueError: if ``max_pixels`` is not positive.
+    """
+
+    def __init__(self, n_bins: int = ECE_BINS, max_pixels: int = 200_000, seed: int = 0) -> None:
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive; got {max_pixels}.")
+        self.table = ReliabilityTable(n_bins)
+        self.max_pixels = int(max_pixels)
+        self._rng = np.random.default_rng(seed)
+        self._keys = np.empty(0, dtype=np.float64)
+        self._probs = np.empty((0, NUM_CLASSES), dtype=np.float32)
+        self._labels = np.empty(0, dtype=np.int8)
+
+    def update(
+        self, probs: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
+    ) -> CalibrationData:
+        """Add a tile's (or window's) pixels.
+
+        Args:
+            probs: Softmax probabilities, shape ``(..., 2)``.
+            labels: Class indices ``(...)`` or one-hot ``(..., 2)``.
+            valid: Optional mask of shape ``probs.shape[:-1]``.
+
+        Returns:
+            The object itself.
+        """
+        probs = np.asarray(probs)
+        labels = np.asarray(labels)
+        if labels.shape == probs.shape:
+            labels = np.argmax(labels, axis=-1)
+        self.table.update_from_probs(probs, labels, valid)
+        flat_probs = probs.reshape(-1, NUM_CLASSES)
+        flat_labels = labels.ravel()
+        if valid is not None:
+            mask = np.asarray(valid).astype(bool).ravel()
+            flat_probs, flat_labels = flat_probs[mask], flat_labels[mask]
+        keys = self._rng.random(flat_labels.size)
+        if self._keys.size >= self.max_pixels:
+            keep_new = keys < self._keys.max()
+            keys, flat_probs, flat_labels = keys[keep_new], flat_probs[keep_new], flat_labels[
+                keep_new]
+        keys = np.concatenate([self._keys, keys])
+        all_probs = np.concatenate([self._probs, flat_probs.astype(np.float32)])
+        all_labels = np.concatenate([self._labels, flat_labels.astype(np.int8)])
+        if keys.size > self.max_pixels:
+            keep = np.argpartition(keys, self.max_pixels - 1)[: self.max_pixels]
+            keys, all_probs, all_labels = keys[keep], all_probs[keep], all_labels[keep]
+        self._keys, self._probs, self._labels = keys, all_probs, all_labels
+        return self
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pixel sample: probabilities ``(n, 2)`` float32 and class labels ``(n,)``."""
+        return self._probs.copy(), self._labels.astype(np.int64)
+
+
+def _atomic_write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=2)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class Calibrator(ABC):
+    """Common interface of all calibrators.
+
+    Fit with :meth:`fit`, apply with :meth:`calibrated_confidence`, store with :meth:`save` and
+    read back with :func:`load_calibrator`.
+    """
+
+    #: Name written to the ``kind`` field of the JSON file.
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, data: CalibrationData | ReliabilityTable) -> Calibrator:
+        """Fit on validation data and return ``self``."""
+
+    @abstractmethod
+    def calibrated_confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Calibrated confidence of softmax probabilities ``(..., 2)``, shape ``(...)``."""
+
+    @abstractmethod
+    def _parameters(self) -> dict[str, Any]:
+        """The fitted parameters as JSON values."""
+
+    @classmethod
+    @abstractmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibrator:
+        """Rebuild a calibrator from :meth:`to_json` output."""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable form, with ``kind`` and ``format_version``."""
+        return {"kind": self.kind, "format_version": _FORMAT_VERSION, **self._parameters()}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the calibrator as JSON, atomically.
+
+        Returns:
+            The path written.
+        """
+        return _atomic_write_json(self.to_json(), path)
+
+
+class ConfidenceMapCalibrator(Calibrator):
+    """A calibrator that maps (uncalibrated) confidence to calibrated confidence."""
+
+    @abstractmethod
+    def predict(self, conf: np.ndarray) -> np.ndarray:
+        """Calibrated confidence for confidence values in [0, 1] (any shape)."""
+
+    def calibrated_confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Calibrated confidence of softmax probabilities ``(..., 2)``."""
+        return self.predict(confidence(probs))
+
+    def _require_fitted(self, fitted: bool) -> None:
+        if not fitted:
+            raise ValueError(f"{type(self).__name__} is not fitted; call fit() first.")
+
+
+def _as_table(data: CalibrationData | ReliabilityTable) -> ReliabilityTable:
+    if isinstance(data, CalibrationData):
+        return data.table
+    if isinstance(data, ReliabilityTable):
+        return data
+    raise ValueError(
+        f"Calibrators fit on a ReliabilityTable or CalibrationData; got {type(data).__name__}."
+    )
+
+
+class KernelRidgeCalibrator(ConfidenceMapCalibrator):
+    """The original calibrator: Laplacian-kernel ridge regression, confidence -> accuracy.
+
+    Support points are the non-empty bins' mean confidence plus the anchors 0 and 1. The dual
+    coefficients ``a`` solve ``(K + diag(alpha) + jitter I) a = y`` with
+    ``K_ij = exp(-gamma |x_i - x_j|)``, targets ``y`` the bin accuracies (0 and 1 at the
+    anchors), ``alpha_i = 0.01 (1 - w_i)``, ``w_i = (count_i / max count) ** 0.1`` and
+    ``w = 1`` at the anchors. Prediction is ``clip(sum_j a_j exp(-gamma |x - x_j|), 0, 1)``.
+
+    Args:
+        gamma: Laplacian kernel scale; 1.0 equals scikit-learn's default ``1 / n_features`` for
+            one input feature, which is what the original used.
+        alpha_scale: Regularisation scale (0.01 in the original).
+        weight_power: Exponent of the count weights (0.1 in the original).
+
+    Raises:
+        ValueError: if ``gamma`` is not positive or ``alpha_scale`` is negative.
+    """
+
+    kind = "kernel_ridge"
+
+    def __init__(
+        self, gamma: float = 1.0, alpha_scale: float = 0.01, weight_power: float = 0.1
+    ) -> None:
+        if gamma <= 0:
+            raise ValueError(f"gamma must be positive; got {gamma}.")
+        if alpha_scale < 0:
+            raise ValueError(f"alpha_scale must be non-negative; got {alpha_scale}.")
+        self.gamma = float(gamma)
+        self.alpha_scale = float(alpha_scale)
+        self.weight_power = float(weight_power)
+        self.support = np.empty(0)
+        self.dual_coef = np.empty(0)
+
+    def fit(self, data: CalibrationData | ReliabilityTable) -> KernelRidgeCalibrator:
+        """Fit on the reliability table (empty bins skipped); returns ``self``."""
+        frame = _nonempty_bins(_as_table(data))
+        counts = frame["count"].to_numpy(dtype=np.float64)
+        weights = np.concatenate([[1.0], (counts / counts.max()) ** self.weight_power, [1.0]])
+        x = np.concatenate([[0.0], frame["mean_confidence"].to_numpy(), [1.0]])
+        y = np.concatenate([[0.0], frame["accuracy"].to_numpy(), [1.0]])
+        alpha = self.alpha_scale * (1.0 - weights)
+        system = self._kernel(x, x) + np.diag(alpha + KERNEL_RIDGE_JITTER)
+        self.support = x
+        self.dual_coef = np.linalg.solve(system, y)
+        return self
+
+    def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.exp(-self.gamma * np.abs(a[:, None] - b[None, :]))
+
+    def predict(self, conf: np.ndarray) -> np.ndarray:
+        """Calibrated confidence for confidence values (any shape), clipped to [0, 1]."""
+        self._require_fitted(self.support.size > 0)
+        conf = np.asarray(conf, dtype=np.float64)
+        flat = conf.ravel()
+        out = np.empty_like(flat)
+        for start in range(0, flat.size, _PREDICT_CHUNK):
+            chunk = flat[start:start + _PREDICT_CHUNK]
+            out[start:start + chunk.size] = self._kernel(chunk, self.support) @ self.dual_coef
+        return np.clip(out, 0.0, 1.0).reshape(conf.shape)
+
+    def _parameters(self) -> dict[str, Any]:
+        self._require_fitted(self.support.size > 0)
+        return {
+            "gamma": self.gamma,
+            "alpha_scale": self.alpha_scale,
+            "weight_power": self.weight_power,
+            "support": self.support.tolist(),
+            "dual_coef": self.dual_coef.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KernelRidgeCalibrator:
+        """Rebuild from :meth:`to_json` output."""
+        calibrator = cls(data["gamma"], data["alpha_scale"], data["weight_power"])
+        calibrator.support = np.asarray(data["support"], dtype=np.float64)
+        calibrator.dual_coef = np.asarray(data["dual_coef"], dtype=np.float64)
+        if calibrator.support.shape != calibrator.dual_coef.shape:
+            raise ValueError("kernel_ridge JSON: 'support' and 'dual_coef' differ in length.")
+        return calibrator
+
+
+class IsotonicCalibrator(ConfidenceMapCalibrator):
+    """Monotone (isotonic) regression from bin mean confidence to bin accuracy.
+
+    Fitted with scikit-learn on the non-empty bins, weighted by their pixel counts; the fitted
+    step function's thresholds are stored, and prediction interpolates them linearly with
+    ``np.interp`` (constant beyond the ends), so loading needs no scikit-learn object.
+    """
+
+    kind = "isotonic"
+
+    def __init__(self) -> None:
+        self.x_thresholds = np.empty(0)
+        self.y_thresholds = np.empty(0)
+
+    def fit(self, data: CalibrationData | ReliabilityTable) -> IsotonicCalibrator:
+        """Fit on the reliability table (empty bins skipped); returns ``self``."""
+        frame = _nonempty_bins(_as_table(data))
+        regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            frame["mean_confidence"].to_numpy(),
+            frame["accuracy"].to_numpy(),
+            sample_weight=frame["count"].to_numpy(dtype=np.float64),
+        )
+        self.x_thresholds = np.asarray(regression.X_thresholds_, dtype=np.float64)
+        self.y_thresholds = np.asarray(regression.y_thresholds_, dtype=np.float64)
+        return self
+
+    def predict(self, conf: np.ndarray) -> np.ndarray:
+        """Calibrated confidence for confidence values (any shape)."""
+        self._require_fitted(self.x_thresholds.size > 0)
+        return np.interp(np.asarray(conf, dtype=np.float64), self.x_thresholds,
+                         self.y_thresholds)
+
+    def _parameters(self) -> dict[str, Any]:
+        self._require_fitted(self.x_thresholds.size > 0)
+        return {"x_thresholds": self.x_thresholds.tolist(),
+                "y_thresholds": self.y_thresholds.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IsotonicCalibrator:
+        """Rebuild from :meth:`to_json` output."""
+        calibrator = cls()
+        calibrator.x_thresholds = np.asarray(data["x_thresholds"], dtype=np.float64)
+        calibrator.y_thresholds = np.asarray(data["y_thresholds"], dtype=np.float64)
+        if calibrator.x_thresholds.shape != calibrator.y_thresholds.shape:
+            raise ValueError("isotonic JSON: 'x_thresholds' and 'y_thresholds' differ in length.")
+        return calibrator
+
+
+def _glacier_logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probs, dtype=np.float64), PROB_EPS, 1.0 - PROB_EPS)
+    return np.log(p[..., 1]) - np.log(p[..., 0])
+
+
+class TemperatureCalibrator(Calibrator):
+    """Temperature scaling of the two-class logit ``z = log p_glacier - log p_background``.
+
+    Calibrated probabilities are ``sigmoid(z / T)`` for glacier; ``T > 1`` softens
+    over-confident outputs. ``T`` minimises the negative log-likelihood of the pixel sample of a
+    :class:`CalibrationData` (bounded search over ``log T``). The arg-max class never changes.
+
+    Args:
+        temperature: Initial temperature (replaced by :meth:`fit`).
+        bounds: Search interval of ``T``.
+
+    Raises:
+        ValueError: if the temperature or bounds are not positive.
+    """
+
+    kind = "temperature"
+
+    def __init__(self, temperature: float = 1.0, bounds: tuple[float, float] = (0.05, 20.0)
+                 ) -> None:
+        if temperature <= 0 or not 0 < bounds[0] < bounds[1]:
+            raise ValueError(
+                f"temperature and bounds must be positive with bounds[0] < bounds[1]; got "
+                f"{temperature}, {bounds}."
+            )
+        self.temperature = float(temperature)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+
+    def fit(self, data: CalibrationData | ReliabilityTable) -> TemperatureCalibrator:
+        """Fit ``T`` on the pixel sample of ``data``; returns ``self``.
+
+        Raises:
+            ValueError: if ``data`` is a bare reliability table or its sample is empty.
+        """
+        if not isinstance(data, CalibrationData):
+            raise ValueError(
+                "TemperatureCalibrator needs pixel probabilities and labels: pass a "
+                "CalibrationData (built with update(probs, labels)), not a ReliabilityTable."
+            )
+        probs, labels = data.sample()
+        if labels.size == 0:
+            raise ValueError("The CalibrationData pixel sample is empty; call update() first.")
+        signed = _glacier_logit(probs) * np.where(labels == 1, 1.0, -1.0)
+
+        def nll(log_t: float) -> float:
+            return float(np.mean(np.logaddexp(0.0, -signed / math.exp(log_t))))
+
+        result = minimize_scalar(nll, bounds=np.log(self.bounds), method="bounded",
+                                 options={"xatol": 1e-6})
+        self.temperature = float(math.exp(result.x))
+        return self
+
+    def calibrate_probs(self, probs: np.ndarray) -> np.ndarray:
+        """Temperature-scaled probabilities, shape ``(..., 2)`` like ``probs``."""
+        if np.asarray(probs).shape[-1:] != (NUM_CLASSES,):
+            raise ValueError(f"probs must have shape (..., {NUM_CLASSES}); got "
+                             f"{np.asarray(probs).shape}.")
+        glacier = 1.0 / (1.0 + np.exp(-_glacier_logit(probs) / self.temperature))
+        return np.stack([1.0 - glacier, glacier], axis=-1)
+
+    def calibrated_confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Top-class probability after scaling: the calibrated chance the prediction is right."""
+        return np.max(self.calibrate_probs(probs), axis=-1)
+
+    def _parameters(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "bounds": list(self.bounds)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TemperatureCalibrator:
+        """Rebuild from :meth:`to_json` output."""
+        return cls(data["temperature"], tuple(data["bounds"]))
+
+
+CALIBRATORS: dict[str, type[Calibrator]] = {
+    cls.kind: cls for cls in (KernelRidgeCalibrator, IsotonicCalibrator, TemperatureCalibrator)
+}
+
+
+def calibrator_from_json(data: dict[str, Any]) -> Calibrator:
+    """Rebuild any calibrator from its JSON dictionary, dispatching on ``kind``.
+
+    Raises:
+        ValueError: if ``kind`` is missing or unknown, or a field is missing.
+    """
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in CALIBRATORS:
+        raise ValueError(f"Unknown calibrator kind {kind!r}; expected one of {list(CALIBRATORS)}.")
+    try:
+        return CALIBRATORS[kind].from_json(data)
+    except KeyError as error:
+        raise ValueError(f"{kind} calibrator JSON lacks the field {error}.") from None
+
+
+def load_calibrator(path: str | os.PathLike[str]) -> Calibrator:
+    """Load a calibrator written by :meth:`Calibrator.save`.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file is not a calibrator JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No calibrator file at {path}; fit one and save() it first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return calibrator_from_json(data)
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ValueError(f"{path} is not a valid calibrator JSON: {error}") from None

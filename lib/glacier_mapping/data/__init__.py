@@ -1,0 +1,1 @@
+"""Data: regions, the synthetic benchmark, the HDF5 tile schema, patch pipelines and scenes."""

@@ -1,0 +1,1 @@
+"""Models: GlaViTU, the DeepLabv3+ baseline, presets and original-weight import."""

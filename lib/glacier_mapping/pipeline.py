@@ -1,0 +1,319 @@
+"""Papermill pipeline runner: executes the numbered notebooks under a profile, writes a manifest.
+
+Notebooks run one kernel at a time, in file order, each from the notebooks directory. Each
+executed notebook is written to ``<output_dir>/notebooks/`` only when it succeeded; a failed one is
+kept as ``*.failed.ipynb`` for inspection and is never rendered into the book.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from glacier_mapping.config import Profile, load_profile
+from glacier_mapping.store import NOTEBOOK_ENV, ArtifactStore, atomic_write_json
+
+#: Packages whose versions the manifest records.
+RECORDED_PACKAGES: tuple[str, ...] = (
+    "glacier-mapping", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "xarray",
+    "rioxarray", "rasterio", "geopandas", "h5py", "scikit-learn", "holoviews", "hvplot", "bokeh",
+    "panel", "papermill", "jupyter-book",
+)
+#: Parameters every notebook receives; its parameters cell must declare them.
+BASE_PARAMETERS: tuple[str, ...] = ("profile", "data_dir", "output_dir", "seed")
+_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "PYTHONWARNINGS": "ignore"}
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+@dataclass
+class NotebookRun:
+    """Outcome of one notebook execution."""
+
+    notebook: str
+    status: str
+    seconds: float
+    peak_memory_mb: float
+    parameters: dict[str, Any]
+    artifacts_reused: int = 0
+    artifacts_computed: int = 0
+    error: str = ""
+
+
+def discover_notebooks(notebook_dir: str | Path) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) of a directory, in pipeline order."""
+    notebooks = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) found in {notebook_dir}.")
+    return notebooks
+
+
+def select_notebooks(notebooks: Sequence[Path], only: Sequence[str] | None) -> list[Path]:
+    """Keep the notebooks whose number or stem is listed in ``only`` (all when empty)."""
+    if not only:
+        return list(notebooks)
+    chosen = [nb for nb in notebooks if nb.stem[:2] in only or nb.stem in only]
+    missing = [
+        item for item in only if not any(item in (nb.stem[:2], nb.stem) for nb in notebooks)
+    ]
+    if missing:
+        names = ", ".join(nb.stem for nb in notebooks)
+        raise ValueError(f"--only {missing}: no such notebook; available: {names}.")
+    return chosen
+
+
+class _PeakMemory:
+    """Samples the resident memory of this process's children (the kernel) in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for child in self._process.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    continue
+            self._peak = max(self._peak, total)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self._peak / 2**20
+
+
+def check_declared_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
+    """Refuse to inject a parameter the notebook's ``parameters`` cell does not declare."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    if not declared:
+        raise ValueError(
+            f"{notebook.name} has no cell tagged 'parameters'; add one declaring "
+            f"{', '.join(BASE_PARAMETERS)}."
+        )
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"{notebook.name}: parameter(s) {unknown} are not declared in its parameters cell "
+            f"(declared: {sorted(declared)}); fix the profile's notebooks section or the notebook."
+        )
+
+
+def execute_notebook(
+    notebook: Path, output_dir: Path, parameters: dict[str, Any], timeout: float | None = None
+) -> NotebookRun:
+    """Execute one notebook with Papermill; raise :class:`NotebookFailed` if a cell raises."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    check_declared_parameters(notebook, parameters)
+    executed_dir = output_dir / "notebooks"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    final = executed_dir / notebook.name
+    partial = executed_dir / f".{notebook.stem}.running.ipynb"
+    failed = executed_dir / f"{notebook.stem}.failed.ipynb"
+    for stale in (final, failed):
+        stale.unlink(missing_ok=True)
+    env_backup = {key: os.environ.get(key) for key in (*_QUIET_ENV, NOTEBOOK_ENV)}
+    os.environ.update(_QUIET_ENV)
+    os.environ[NOTEBOOK_ENV] = notebook.stem
+    start = time.perf_counter()
+    try:
+        with _PeakMemory() as memory:
+            papermill.execute_notebook(
+                str(notebook), str(partial), parameters=parameters, kernel_name="python3",
+                cwd=str(notebook.parent), progress_bar=False, log_output=False,
+                execution_timeout=timeout,
+            )
+    except PapermillExecutionError as error:
+        os.replace(partial, failed)
+        cell = _source_cell_number(failed, error.cell_index)
+        first_line = (error.source or "").strip().splitlines()[:1] or [""]
+        raise NotebookFailed(
+            f"{notebook.name} failed in cell {cell} (`{first_line[0][:60]}`): "
+            f"{error.ename}: {error.evalue}\n"
+            f"The executed notebook with the traceback is {failed}."
+        ) from None
+    finally:
+        for key, value in env_backup.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    os.replace(partial, final)
+    return NotebookRun(
+        notebook=notebook.stem, status="ok", seconds=round(time.perf_counter() - start, 2),
+        peak_memory_mb=round(memory.peak_mb, 1), parameters=parameters,
+    )
+
+
+def _source_cell_number(executed: Path, index: int) -> int:
+    """1-based number of a failing cell in the committed notebook (without the injected cell)."""
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells[:index]
+    injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells)
+    return index - injected + 1
+
+
+def git_commit(repo: Path) -> str:
+    """Current commit of the repository (with ``-dirty`` when the tree has changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def run_pipeline(
+    profile_name: str,
+    notebook_dir: str | Path = "notebooks",
+    output_root: str | Path = "outputs",
+    data_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    seed: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Execute the notebooks under a profile and write ``<output_root>/<profile>/manifest.json``.
+
+    Args:
+        profile_name: Packaged profile name or path of a YAML profile.
+        notebook_dir: Directory of the numbered notebooks.
+        output_root: Root of generated outputs; the profile's outputs go to a sub-directory.
+        data_dir: Benchmark directory; default ``<output_root>/<profile>/data``. Point it at the
+            real benchmark to run the book on it.
+        only: Notebook numbers or stems to run (default all).
+        seed: Overrides the profile's seed.
+        echo: Where progress lines go.
+
+    Returns:
+        The manifest. Raises :class:`NotebookFailed` at the first failing notebook (the manifest
+        is written first, with that notebook's status ``failed``).
+    """
+    profile: Profile = load_profile(profile_name, seed=seed)
+    notebook_dir = Path(notebook_dir).resolve()
+    output_dir = (Path(output_root) / profile.name).resolve()
+    data_path = Path(data_dir).resolve() if data_dir else output_dir / "data"
+    notebooks = select_notebooks(discover_notebooks(notebook_dir), only)
+    manifest_path = output_dir / "manifest.json"
+    manifest: dict[str, Any] = {
+        "profile": profile.as_dict(), "seed": profile.seed, "data_dir": str(data_path),
+        "output_dir": str(output_dir), "git_commit": git_commit(notebook_dir.parent),
+        "versions": package_versions(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "notebooks": [], "status": "running",
+    }
+    store = ArtifactStore(output_dir / "cache")
+    total_start = time.perf_counter()
+    echo(f"Running {len(notebooks)} notebook(s) under profile '{profile.name}' -> {output_dir}")
+    for index, notebook in enumerate(notebooks, start=1):
+        parameters = {
+            "profile": profile.name if _is_packaged(profile) else profile.source,
+            "data_dir": str(data_path), "output_dir": str(output_dir), "seed": profile.seed,
+            **profile.notebook_parameters(notebook.stem),
+        }
+        echo(f"[{index}/{len(notebooks)}] {notebook.stem} ...")
+        events_before = len(store.events())
+        try:
+            run = execute_notebook(notebook, output_dir, parameters)
+        except NotebookFailed as failure:
+            manifest["notebooks"].append(
+                {"notebook": notebook.stem, "status": "failed", "error": str(failure),
+                 "parameters": parameters}
+            )
+            manifest["status"] = "failed"
+            atomic_write_json(manifest_path, manifest)
+            echo(f"FAIL {notebook.stem}")
+            raise
+        events = store.events()[events_before:]
+        run.artifacts_reused = sum(1 for e in events if e["reused"])
+        run.artifacts_computed = sum(1 for e in events if not e["reused"])
+        manifest["notebooks"].append(run.__dict__)
+        echo(
+            f"ok   {run.seconds:7.1f} s  {run.peak_memory_mb:7.0f} MB  {notebook.stem}  "
+            f"(artifacts reused {run.artifacts_reused}, computed {run.artifacts_computed})"
+        )
+    manifest["total_notebook_seconds"] = round(
+        sum(nb["seconds"] for nb in manifest["notebooks"]), 2
+    )
+    manifest["wall_seconds"] = round(time.perf_counter() - total_start, 2)
+    manifest["status"] = "ok"
+    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if only:
+        manifest = _merge_partial_run(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest)
+    echo(
+        f"Done: {len(notebooks)} notebook(s), {manifest['total_notebook_seconds']:.0f} s of "
+        f"notebook time; manifest {manifest_path}"
+    )
+    return manifest
+
+
+def _is_packaged(profile: Profile) -> bool:
+    return Path(profile.source).parent.name == "profiles" and "glacier_mapping" in profile.source
+
+
+def _merge_partial_run(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Fold an ``--only`` run into the previous manifest, replacing the re-run notebooks."""
+    import json
+
+    if not manifest_path.is_file():
+        return manifest
+    previous = json.loads(manifest_path.read_text())
+    rerun = {nb["notebook"] for nb in manifest["notebooks"]}
+    kept = [nb for nb in previous.get("notebooks", []) if nb["notebook"] not in rerun]
+    merged = {**manifest, "notebooks": sorted(kept + manifest["notebooks"],
+                                              key=lambda nb: nb["notebook"])}
+    merged["total_notebook_seconds"] = round(
+        sum(nb.get("seconds", 0.0) for nb in merged["notebooks"]), 2
+    )
+    if any(nb.get("status") != "ok" for nb in merged["notebooks"]):
+        merged["status"] = "failed"
+    return merged
+

@@ -1,0 +1,86 @@
+"""Sphinx extension: serve BokehJS and Panel from the book itself so figures draw offline.
+
+HoloViews/hvplot outputs load BokehJS and Panel from public CDNs, so a book read without network
+shows blank figures. After the HTML is written, this extension copies exactly the assets the
+pages reference from the installed ``bokeh`` and ``panel`` packages into ``_static/offline/``
+and rewrites the CDN addresses in every page to those local copies (versions match by
+construction, since the outputs were produced by the same packages).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from importlib import util
+from pathlib import Path
+from typing import Any
+
+_BOKEH = re.compile(r"https://cdn\.bokeh\.org/bokeh/(?:release|dev)/([a-z-]+?)-(\d[\w.]*?)(\.min\.js|\.js)")
+_PANEL = re.compile(r"https://cdn\.holoviz\.org/panel/(\d[\w.]*)/dist/([^\"'\s?)\\]+)(\?[^\"'\s)\\]*)?")
+
+
+def _package_dir(name: str) -> Path:
+    spec = util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"Package {name!r} is needed to serve its assets offline.")
+    return Path(spec.origin).parent
+
+
+def localise_assets(html_dir: Path) -> dict[str, int]:
+    """Copy referenced CDN assets into ``html_dir/_static/offline`` and rewrite the pages.
+
+    Returns:
+        Counts of pages rewritten and asset files copied.
+    """
+    html_dir = Path(html_dir)
+    static = html_dir / "_static" / "offline"
+    bokeh_js = _package_dir("bokeh") / "server" / "static" / "js"
+    panel_dist = _package_dir("panel") / "dist"
+    copied: set[Path] = set()
+    pages = 0
+
+    def place(source: Path, target: Path) -> None:
+        if not source.is_file():
+            raise FileNotFoundError(f"Offline asset {source} is missing from its package.")
+        if target not in copied:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            copied.add(target)
+
+    for page in html_dir.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        if "cdn.bokeh.org" not in text and "cdn.holoviz.org" not in text:
+            continue
+        prefix = os.path.relpath(static, page.parent).replace(os.sep, "/")
+
+        def bokeh_url(match: re.Match[str], prefix: str = prefix) -> str:
+            name, version, suffix = match.groups()
+            place(bokeh_js / f"{name}{suffix}", static / "bokeh" / f"{name}-{version}{suffix}")
+            return f"{prefix}/bokeh/{name}-{version}{suffix}"
+
+        def panel_url(match: re.Match[str], prefix: str = prefix) -> str:
+            _, path, _query = match.groups()
+            place(panel_dist / path, static / "panel" / path)
+            return f"{prefix}/panel/{path}"
+
+        new = _PANEL.sub(panel_url, _BOKEH.sub(bokeh_url, text))
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            pages += 1
+    return {"pages": pages, "assets": len(copied)}
+
+
+def _on_build_finished(app: Any, exception: Exception | None) -> None:  # noqa: ANN401
+    if exception is None and app.builder.format == "html":
+        counts = localise_assets(Path(app.outdir))
+        app.builder.info(
+            f"offline assets: {counts['assets']} file(s) served locally "
+            f"in {counts['pages']} page(s)"
+        )
+
+
+def setup(app: Any) -> dict[str, Any]:  # noqa: ANN401
+    """Register the extension with Sphinx."""
+    app.connect("build-finished", _on_build_finished)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

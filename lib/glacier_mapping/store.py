@@ -1,0 +1,166 @@
+"""Content-addressed artifact cache with atomic writes.
+
+Every artifact (a benchmark, a trained model, predictions, metrics) lives in a directory named by
+the hash of its kind, its parameters and the keys of the artifacts it was built from. Building
+happens in a temporary directory that is renamed into place only when the builder returns, so an
+interrupted run never leaves a half-written artifact, and a rerun with unchanged inputs reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Environment variable naming the notebook that is running (set by the pipeline runner).
+NOTEBOOK_ENV = "GLACIER_MAPPING_NOTEBOOK"
+_META = "artifact.json"
+_EVENTS = "events.jsonl"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished artifact: its key and the directory holding its files."""
+
+    kind: str
+    key: str
+    path: Path
+    reused: bool
+
+    def file(self, name: str) -> Path:
+        """Path of a file inside the artifact directory."""
+        return self.path / name
+
+
+def _canonical(value: Any) -> Any:  # noqa: ANN401
+    """Turn parameters into plain JSON data with a stable form."""
+    if isinstance(value, Artifact):
+        return {"artifact": value.key}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    raise TypeError(
+        f"Artifact parameter of type {type(value).__name__} cannot be hashed; "
+        "pass plain numbers, strings, lists, mappings or Artifacts."
+    )
+
+
+def artifact_key(kind: str, params: Mapping[str, Any], inputs: Sequence[Artifact] = ()) -> str:
+    """Hash of an artifact's kind, parameters and input artifacts (16 hex digits)."""
+    payload = json.dumps(
+        {"kind": kind, "params": _canonical(params), "inputs": [a.key for a in inputs]},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, for keying artifacts on external inputs."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (temporary name in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:  # noqa: ANN401
+    """Write JSON atomically with stable formatting."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class ArtifactStore:
+    """A cache of artifacts under one root directory (``outputs/<profile>/cache``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, kind: str, key: str) -> Path:
+        """Directory of an artifact, whether or not it exists yet."""
+        return self.root / kind / key
+
+    def get_or_create(
+        self,
+        kind: str,
+        params: Mapping[str, Any],
+        build: Callable[[Path], Mapping[str, Any] | None],
+        inputs: Sequence[Artifact] = (),
+    ) -> Artifact:
+        """Return the artifact for ``(kind, params, inputs)``, building it if it is missing.
+
+        Args:
+            kind: Family of artifact, e.g. ``benchmark`` or ``model``; a sub-directory.
+            params: Everything that determines the artifact's content.
+            build: Called with an empty temporary directory to fill; may return extra
+                metadata to store. The directory is renamed into place only on success.
+            inputs: Artifacts this one is derived from; their keys enter the hash.
+        """
+        key = artifact_key(kind, params, inputs)
+        final = self.path_for(kind, key)
+        if (final / _META).is_file():
+            self._log(kind, key, reused=True, seconds=0.0)
+            return Artifact(kind, key, final, reused=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        start = time.perf_counter()
+        try:
+            extra = build(tmp) or {}
+            seconds = time.perf_counter() - start
+            meta = {
+                "kind": kind, "key": key, "params": _canonical(params),
+                "inputs": [a.key for a in inputs], "build_seconds": round(seconds, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "extra": _canonical(extra),
+            }
+            (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            if final.exists():  # a stale, incomplete directory from an older layout
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._log(kind, key, reused=False, seconds=seconds)
+        return Artifact(kind, key, final, reused=False)
+
+    def metadata(self, artifact: Artifact) -> dict[str, Any]:
+        """The stored metadata of an artifact."""
+        return json.loads((artifact.path / _META).read_text())
+
+    def events(self) -> list[dict[str, Any]]:
+        """All reuse/build events logged so far (used by the run manifest)."""
+        log = self.root / _EVENTS
+        if not log.is_file():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def _log(self, kind: str, key: str, reused: bool, seconds: float) -> None:
+        event = {
+            "notebook": os.environ.get(NOTEBOOK_ENV, ""), "kind": kind, "key": key,
+            "reused": reused, "seconds": round(seconds, 3), "time": time.time(),
+        }
+        with open(self.root / _EVENTS, "a") as handle:
+            handle.write(json.dumps(event) + "\n")

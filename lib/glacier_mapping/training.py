@@ -1,0 +1,592 @@
+"""Training: focal loss, cosine-restart schedule, glacier IoU, a resumable fit loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras import ops
+
+from glacier_mapping.data.schema import GLACIER_CLASS
+
+OUTPUT_HEAD = "output"
+DEEP_SUPERVISION_HEAD = "deepsupervision"
+GLACIER_IOU_NAME = "glacier_iou"
+
+BEST_MODEL_FILE = "best.keras"
+HISTORY_FILE = "history.csv"
+STATE_FILE = "state.json"
+
+
+@keras.saving.register_keras_serializable(package="glacier_mapping")
+class FocalLoss(keras.losses.Loss):
+    """Categorical focal loss, ``-sum_c y_c (1 - p_c)^gamma log p_c`` per pixel.
+
+    Works with soft (label-smoothed) targets because every class term is weighted by its
+    target probability. Predictions are clipped to ``[epsilon, 1 - epsilon]``.
+
+    Args:
+        gamma: Focusing parameter; 0 gives categorical cross-entropy. The original uses 2.
+        epsilon: Clipping bound that keeps the logarithm finite.
+        name: Loss name.
+        **kwargs: Passed to :class:`keras.losses.Loss` (e.g. ``reduction``).
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        epsilon: float = 1e-7,
+        name: str = "focal_loss",
+        **kwargs: Any,
+    ) -> None:
+        if gamma < 0:
+            raise ValueError(f"FocalLoss gamma must be >= 0, got {gamma}.")
+        if not 0 < epsilon < 0.5:
+            raise ValueError(f"FocalLoss epsilon must be in (0, 0.5), got {epsilon}.")
+        super().__init__(name=name, **kwargs)
+        self.gamma = float(gamma)
+        self.epsilon = float(epsilon)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        """Return the per-pixel focal loss (class axis summed)."""
+        y_pred = ops.clip(ops.convert_to_tensor(y_pred), self.epsilon, 1.0 - self.epsilon)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        modulation = ops.power(1.0 - y_pred, self.gamma)
+        return -ops.sum(y_true * modulation * ops.log(y_pred), axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the serialisable configuration."""
+        return {**super().get_config(), "gamma": self.gamma, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="glacier_mapping")
+class CosineRestarts(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay with warm restarts at given cumulative epochs.
+
+    Cycle ``k`` runs from ``restart_epochs[k-1]`` (0 for the first) to ``restart_epochs[k]``;
+    within it the rate falls from ``initial_learning_rate`` to
+    ``min_fraction * initial_learning_rate`` along half a cosine, then jumps back up. The
+    epoch position is continuous (``step / steps_per_epoch``), so the rate changes every step.
+    After the last restart epoch the rate stays at its minimum. The original uses 5e-4 with
+    restarts at 10, 30, 70 and 150 epochs; finetuning is one cycle from 5e-5 to 0.
+
+    Args:
+        initial_learning_rate: Peak rate at the start of every cycle.
+        restart_epochs: Strictly increasing cumulative epochs at which cycles end.
+        steps_per_epoch: Optimizer steps per epoch.
+        min_fraction: Rate at the end of a cycle, as a fraction of the peak.
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        restart_epochs: tuple[int, ...] | list[int],
+        steps_per_epoch: int,
+        min_fraction: float = 0.0,
+    ) -> None:
+        restarts = tuple(int(epoch) for epoch in restart_epochs)
+        _check_restarts(restarts, "restart_epochs")
+        if initial_learning_rate <= 0:
+            raise ValueError(
+                f"initial_learning_rate must be > 0, got {initial_learning_rate}."
+            )
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+        if not 0.0 <= min_fraction <= 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}.")
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.restart_epochs = restarts
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.min_fraction = float(min_fraction)
+
+    def __call__(self, step: Any) -> Any:
+        """Return the learning rate at optimizer step ``step``."""
+        epoch = ops.cast(step, "float32") / float(self.steps_per_epoch)
+        ends = ops.convert_to_tensor(self.restart_epochs, dtype="float32")
+        starts = ops.convert_to_tensor((0, *self.restart_epochs[:-1]), dtype="float32")
+        completed = ops.sum(ops.cast(ops.greater_equal(epoch, ends), "int32"))
+        cycle = ops.minimum(completed, len(self.restart_epochs) - 1)
+        start = ops.take(starts, cycle)
+        end = ops.take(ends, cycle)
+        progress = ops.clip((epoch - start) / (end - start), 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        fraction = self.min_fraction + (1.0 - self.min_fraction) * cosine
+        return self.initial_learning_rate * fraction
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the serialisable configuration."""
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "restart_epochs": list(self.restart_epochs),
+            "steps_per_epoch": self.steps_per_epoch,
+            "min_fraction": self.min_fraction,
+        }
+
+
+@keras.saving.register_keras_serializable(package="glacier_mapping")
+class GlacierIoU(keras.metrics.Metric):
+    """Glacier-class IoU, TP / (TP + FP + FN), of argmax predictions pooled over batches.
+
+    Targets may be one-hot or label-smoothed; pixels whose target has no dominant class
+    (e.g. all-zero padding, also after label smoothing) are ignored. When no pixel is glacier
+    in either the target or the prediction the result is 0.
+
+    Args:
+        name: Metric name; Keras prefixes the head name (``output_glacier_iou``).
+        **kwargs: Passed to :class:`keras.metrics.Metric`.
+    """
+
+    def __init__(self, name: str = GLACIER_IOU_NAME, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.true_positives = self.add_variable(shape=(), initializer="zeros", name="tp")
+        self.false_positives = self.add_variable(shape=(), initializer="zeros", name="fp")
+        self.false_negatives = self.add_variable(shape=(), initializer="zeros", name="fn")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Accumulate the confusion counts of a batch (``sample_weight`` is not supported)."""
+        if sample_weight is not None:
+            raise ValueError("GlacierIoU does not support sample_weight; pass None.")
+        y_true = ops.cast(y_true, "float32")
+        top_two = ops.top_k(y_true, k=2).values
+        valid = ops.cast(top_two[..., 0] > top_two[..., 1], "float32")
+        truth = ops.cast(ops.equal(ops.argmax(y_true, axis=-1), GLACIER_CLASS), "float32")
+        predicted = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), GLACIER_CLASS), "float32")
+        self.true_positives.assign_add(ops.sum(valid * truth * predicted))
+        self.false_positives.assign_add(ops.sum(valid * (1.0 - truth) * predicted))
+        self.false_negatives.assign_add(ops.sum(valid * truth * (1.0 - predicted)))
+
+    def result(self) -> Any:
+        """Return the pooled IoU (0 when the denominator is empty)."""
+        union = self.true_positives + self.false_positives + self.false_negatives
+        return ops.divide_no_nan(self.true_positives, union)
+
+    def reset_state(self) -> None:
+        """Zero the accumulated counts."""
+        for variable in (self.true_positives, self.false_positives, self.false_negatives):
+            variable.assign(0.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run (defaults: the original global GlaViTU run).
+
+    Attributes:
+        epochs: Total epochs (the original runs 150).
+        steps_per_epoch: Batches per epoch (original: 4 x non-overlapping patches / 8).
+        validation_steps: Validation batches per epoch; None uses the whole validation set.
+        learning_rate: Peak learning rate of every cosine cycle.
+        restart_epochs: Cumulative epochs at which cosine cycles end (warm restarts).
+        min_learning_rate_fraction: Rate at the end of a cycle as a fraction of the peak.
+        loss_weights: Weight of each head's focal loss; heads the model lacks are skipped.
+        focal_gamma: Focusing parameter of the focal loss.
+        seed: Seed for Keras, NumPy, Python and TensorFlow random generators.
+        monitor: Logged quantity that selects the best checkpoint.
+        mode: ``"max"`` or ``"min"``: whether a larger monitor value is better.
+        init_weights: Finetuning: a ``.keras`` or ``.weights.h5`` file whose weights
+            initialise the model before the first epoch (ignored when resuming).
+    """
+
+    epochs: int = 150
+    steps_per_epoch: int = 100
+    validation_steps: int | None = None
+    learning_rate: float = 5e-4
+    restart_epochs: tuple[int, ...] = (10, 30, 70, 150)
+    min_learning_rate_fraction: float = 0.0
+    loss_weights: Mapping[str, float] = field(
+        default_factory=lambda: {OUTPUT_HEAD: 1.0, DEEP_SUPERVISION_HEAD: 0.5}
+    )
+    focal_gamma: float = 2.0
+    seed: int = 0
+    monitor: str = f"val_{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"
+    mode: str = "max"
+    init_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restart_epochs", tuple(int(e) for e in self.restart_epochs))
+        object.__setattr__(self, "loss_weights", dict(self.loss_weights))
+        for name in ("epochs", "steps_per_epoch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.validation_steps is not None and self.validation_steps < 1:
+            raise ValueError(
+                f"TrainConfig.validation_steps must be None or >= 1, got {self.validation_steps}."
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
+        _check_restarts(self.restart_epochs, "TrainConfig.restart_epochs")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"TrainConfig.mode must be 'max' or 'min', got {self.mode!r}.")
+        if OUTPUT_HEAD not in self.loss_weights:
+            raise ValueError(
+                f"TrainConfig.loss_weights needs an {OUTPUT_HEAD!r} entry, got "
+                f"{self.loss_weights}."
+            )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Return the configuration as JSON-compatible builtins."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def finetune_config(
+    base: TrainConfig, epochs: int = 80, init_weights: str | Path | None = None
+) -> TrainConfig:
+    """Derive the finetuning schedule: lr 5e-5 cosine to 0 over one cycle, best val loss.
+
+    Args:
+        base: Configuration of the global run (steps, seed, loss weights are kept).
+        epochs: Finetuning epochs (80 in the original).
+        init_weights: Weights of the global model to start from (``.keras``/``.weights.h5``).
+    """
+    return dataclasses.replace(
+        base,
+        epochs=epochs,
+        learning_rate=5e-5,
+        restart_epochs=(epochs,),
+        min_learning_rate_fraction=0.0,
+        monitor="val_loss",
+        mode="min",
+        init_weights=None if init_weights is None else str(init_weights),
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        best_model_path: The checkpoint with the best monitored value (Keras native).
+        last_model_path: The checkpoint after the last completed epoch (with optimizer state).
+        history: One row per epoch: ``epoch`` (1-based), Keras logs, ``learning_rate`` (at
+            the start of the epoch), ``seconds``.
+        best_epoch: 1-based epoch of the best checkpoint.
+        best_value: Monitored value of the best checkpoint.
+        train_seconds: Wall seconds of all epochs, summed over interrupted sessions.
+        epochs_run: Completed epochs.
+    """
+
+    best_model_path: Path
+    last_model_path: Path
+    history: pd.DataFrame
+    best_epoch: int
+    best_value: float
+    train_seconds: float
+    epochs_run: int
+
+
+def train_model(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset | None,
+    config: TrainConfig,
+    out_dir: str | Path,
+    verbose: bool = True,
+) -> TrainResult:
+    """Compile and fit ``model``, checkpointing so that an interrupted run can resume.
+
+    Files in ``out_dir``: ``best.keras`` (best monitor value), ``last-epochNNNN.keras``
+    (latest epoch, with optimizer state), ``history.csv`` and ``state.json`` (the commit
+    point, written last each epoch). A rerun with the same configuration continues after the
+    last completed epoch (the optimizer step, hence the learning-rate position, is restored);
+    a completed run returns at once. The data order after a resume is not bit-identical to an
+    uninterrupted run. On return, ``model`` holds the best weights.
+
+    Args:
+        model: Keras model with dict inputs and dict outputs ``{"output", "deepsupervision"?}``.
+        train_ds: Repeating dataset of ``(inputs, {"output": y, "deepsupervision": y})``.
+        val_ds: Validation dataset of the same structure, or None (then monitor ``loss``).
+        config: Hyperparameters.
+        out_dir: Directory of this run's files.
+        verbose: Print one short line per epoch.
+
+    Raises:
+        ValueError: For a model without an ``"output"`` head, a monitor that needs missing
+            validation data, or an ``out_dir`` holding a run with a different configuration.
+    """
+    out_dir = Path(out_dir)
+    heads = _output_heads(model)
+    if config.monitor.startswith("val_") and val_ds is None:
+        raise ValueError(
+            f"TrainConfig.monitor={config.monitor!r} needs validation data; pass val_ds or "
+            "set monitor='loss'."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = _read_state(out_dir, config)
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    _compile(model, heads, config)
+    if state["completed"]:
+        return _finish(model, out_dir, state)
+    if state["epoch"] > 0:
+        model.optimizer.build(model.trainable_variables)  # so its saved state loads too
+        model.load_weights(out_dir / state["last_model"])
+    elif config.init_weights is not None:
+        _load_initial_weights(model, config.init_weights)
+
+    tracker = _RunTracker(out_dir, config, state, verbose)
+    model.fit(
+        _select_targets(train_ds, heads),
+        validation_data=None if val_ds is None else _select_targets(val_ds, heads),
+        epochs=config.epochs,
+        initial_epoch=state["epoch"],
+        steps_per_epoch=config.steps_per_epoch,
+        validation_steps=config.validation_steps,
+        callbacks=[tracker],
+        shuffle=False,
+        verbose=0,
+    )
+    if tracker.state["epoch"] < config.epochs:
+        raise RuntimeError(
+            f"Training in {out_dir} stopped after epoch {tracker.state['epoch']} of "
+            f"{config.epochs} (did train_ds run out of data? It must repeat); rerun to resume."
+        )
+    return _finish(model, out_dir, tracker.state)
+
+
+class _RunTracker(keras.callbacks.Callback):
+    """Per-epoch bookkeeping: best and last checkpoints, history, state, a progress line."""
+
+    def __init__(
+        self, out_dir: Path, config: TrainConfig, state: dict[str, Any], verbose: bool
+    ) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.config = config
+        self.state = state
+        self.verbose = verbose
+        self.history = _read_history(out_dir).iloc[: state["epoch"]]
+        self.started = 0.0
+        self.learning_rate = 0.0
+        self.batches = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+        self.learning_rate = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.batches += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.perf_counter() - self.started
+        if self.batches < self.config.steps_per_epoch:  # data ran out: do not commit
+            self.model.stop_training = True
+            return
+        logs = {name: float(value) for name, value in (logs or {}).items()}
+        if self.config.monitor not in logs:
+            raise ValueError(
+                f"TrainConfig.monitor={self.config.monitor!r} is not logged; available: "
+                f"{sorted(logs)}."
+            )
+        completed = epoch + 1
+        value = logs[self.config.monitor]
+        improved = self.state["best_epoch"] == 0 or _better(
+            value, self.state["best_value"], self.config.mode
+        )
+        row = {
+            "epoch": completed,
+            **logs,
+            "learning_rate": self.learning_rate,
+            "seconds": seconds,
+        }
+        self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
+
+        last_model = f"last-epoch{completed:04d}.keras"
+        _save_model_atomic(self.model, self.out_dir / last_model)
+        if improved:
+            _save_model_atomic(self.model, self.out_dir / BEST_MODEL_FILE)
+        _write_atomic(self.out_dir / HISTORY_FILE, self.history.to_csv(index=False))
+        previous_last = self.state["last_model"]
+        self.state = {
+            **self.state,
+            "epoch": completed,
+            "completed": completed >= self.config.epochs,
+            "last_model": last_model,
+            "best_epoch": completed if improved else self.state["best_epoch"],
+            "best_value": value if improved else self.state["best_value"],
+            "train_seconds": self.state["train_seconds"] + seconds,
+        }
+        _write_atomic(self.out_dir / STATE_FILE, json.dumps(self.state, indent=2))
+        if previous_last and previous_last != last_model:
+            (self.out_dir / previous_last).unlink(missing_ok=True)
+        if self.verbose:
+            print(
+                _progress_line(
+                    completed, self.config, logs, self.learning_rate, seconds, improved
+                )
+            )
+
+
+def _progress_line(
+    epoch: int,
+    config: TrainConfig,
+    logs: dict[str, float],
+    learning_rate: float,
+    seconds: float,
+    improved: bool,
+) -> str:
+    """Format one short progress line."""
+    shown = [name for name in ("loss", "val_loss", config.monitor) if name in logs]
+    values = "  ".join(f"{name} {logs[name]:.4f}" for name in dict.fromkeys(shown))
+    marker = "  *best" if improved else ""
+    return (
+        f"epoch {epoch}/{config.epochs}  {values}  lr {learning_rate:.2e}  "
+        f"{seconds:.1f} s{marker}"
+    )
+
+
+def _output_heads(model: keras.Model) -> tuple[str, ...]:
+    """Return the model's output heads used for training, checking the output contract."""
+    outputs = model.output if isinstance(model, keras.Model) else None
+    if not isinstance(outputs, dict) or OUTPUT_HEAD not in outputs:
+        raise ValueError(
+            f"The model must return a dict with an {OUTPUT_HEAD!r} entry (optionally "
+            f"{DEEP_SUPERVISION_HEAD!r}); got {type(outputs).__name__}."
+        )
+    return tuple(head for head in (OUTPUT_HEAD, DEEP_SUPERVISION_HEAD) if head in outputs)
+
+
+def _compile(model: keras.Model, heads: tuple[str, ...], config: TrainConfig) -> None:
+    """Compile with Adam, the cosine-restart schedule, focal loss per head and glacier IoU."""
+    schedule = CosineRestarts(
+        config.learning_rate,
+        config.restart_epochs,
+        config.steps_per_epoch,
+        config.min_learning_rate_fraction,
+    )
+    iou_name = GLACIER_IOU_NAME if len(heads) > 1 else f"{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss={head: FocalLoss(gamma=config.focal_gamma) for head in heads},
+        loss_weights={head: float(config.loss_weights.get(head, 0.0)) for head in heads},
+        # Keras prefixes metric names with the head only when there are several heads.
+        metrics={OUTPUT_HEAD: [GlacierIoU(name=iou_name)]},
+    )
+
+
+def _select_targets(dataset: tf.data.Dataset, heads: tuple[str, ...]) -> tf.data.Dataset:
+    """Drop target entries for heads the model does not have."""
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], dict)):
+        raise ValueError(
+            "Datasets must yield (inputs dict, targets dict) pairs; got element_spec "
+            f"{spec}."
+        )
+    missing = [head for head in heads if head not in spec[1]]
+    if missing:
+        raise ValueError(f"The dataset targets lack {missing}; they have {sorted(spec[1])}.")
+    if set(spec[1]) == set(heads):
+        return dataset
+    return dataset.map(lambda inputs, targets: (inputs, {h: targets[h] for h in heads}))
+
+
+def _load_initial_weights(model: keras.Model, path: str) -> None:
+    """Load finetuning start weights, with a clear error for a missing or wrong file."""
+    if not Path(path).is_file():
+        raise ValueError(f"TrainConfig.init_weights={path!r} does not exist.")
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot load TrainConfig.init_weights={path!r} into this model: {error}. The file "
+            "must come from a model of the same architecture and inputs."
+        ) from error
+
+
+def _fresh_state() -> dict[str, Any]:
+    """Return the state of a run that has not completed any epoch."""
+    return {
+        "epoch": 0,
+        "completed": False,
+        "last_model": "",
+        "best_epoch": 0,
+        "best_value": None,
+        "train_seconds": 0.0,
+    }
+
+
+def _read_state(out_dir: Path, config: TrainConfig) -> dict[str, Any]:
+    """Read ``state.json`` (or start fresh), refusing a run with another configuration."""
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        return {**_fresh_state(), "config": config.to_json_dict()}
+    state = json.loads(path.read_text())
+    if state.get("config") != config.to_json_dict():
+        raise ValueError(
+            f"{out_dir} holds a training run with a different configuration "
+            f"({state.get('config')}); use another out_dir or delete that one to start over."
+        )
+    return state
+
+
+def _read_history(out_dir: Path) -> pd.DataFrame:
+    """Read ``history.csv`` or return an empty frame."""
+    path = out_dir / HISTORY_FILE
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _finish(model: keras.Model, out_dir: Path, state: dict[str, Any]) -> TrainResult:
+    """Load the best weights into ``model`` and describe the run."""
+    best = out_dir / BEST_MODEL_FILE
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(best)
+    return TrainResult(
+        best_model_path=best,
+        last_model_path=out_dir / state["last_model"],
+        history=_read_history(out_dir).iloc[: state["epoch"]].reset_index(drop=True),
+        best_epoch=int(state["best_epoch"]),
+        best_value=float(state["best_value"]),
+        train_seconds=float(state["train_seconds"]),
+        epochs_run=int(state["epoch"]),
+    )
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` improves on ``best`` (NaN never improves)."""
+    if np.isnan(value):
+        return False
+    if best is None or np.isnan(best):
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def _check_restarts(restarts: tuple[int, ...], name: str) -> None:
+    """Check that restart epochs are positive and strictly increasing."""
+    if not restarts or restarts[0] < 1 or any(b <= a for a, b in zip(restarts, restarts[1:])):
+        raise ValueError(
+            f"{name} must be a non-empty, strictly increasing sequence of positive epochs, "
+            f"got {restarts}."
+        )
+
+
+def _temporary_name(path: Path) -> Path:
+    """Return a unique temporary path beside ``path`` with the same suffix."""
+    return path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file and an atomic rename."""
+    temporary = _temporary_name(path)
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _save_model_atomic(model: keras.Model, path: Path) -> None:
+    """Save a Keras native model through a temporary file and an atomic rename."""
+    temporary = _temporary_name(path)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

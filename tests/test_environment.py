@@ -1,0 +1,40 @@
+"""environment.yml and pyproject.toml name the same pinned dependencies."""
+
+import re
+import tomllib
+
+import yaml
+from conftest import REPO
+
+
+def _pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[([a-z,]+)\])?==(.+)", spec).group(1, 3)
+        extras = re.search(r"\[([a-z,]+)\]", spec)
+        pins[name.lower()] = version
+        for extra in (extras.group(1).split(",") if extras else []):
+            pins[extra] = version
+    return pins
+
+
+def _conda_pins() -> dict[str, str]:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pins = {}
+    for dep in env["dependencies"]:
+        name, version = dep.split("=", 1)
+        pins[name.lower()] = version
+    return pins
+
+
+def test_environment_yml_matches_pyproject():
+    conda = _conda_pins()
+    conda.pop("python")
+    assert conda == _pyproject_pins()
+
+
+def test_every_dependency_is_pinned():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        assert "==" in spec, f"{spec} is not pinned"
