@@ -11,7 +11,8 @@ def _pyproject_pins() -> dict[str, str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = {}
     for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
-        name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[([a-z,]+)\])?==(.+)", spec).group(1, 3)
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[([a-z,]+)\])?==(.+)", spec)
+        name, version = match.group(1, 3)
         extras = re.search(r"\[([a-z,]+)\]", spec)
         pins[name.lower()] = version
         for extra in (extras.group(1).split(",") if extras else []):

@@ -4,7 +4,6 @@ import json
 
 import nbformat
 import pytest
-
 from glacier_mapping.cli import main
 from glacier_mapping.pipeline import NotebookFailed, run_pipeline
 
@@ -16,7 +15,8 @@ def _notebook(path, *sources, parameters=PARAMETERS):
     cell = nbformat.v4.new_code_cell(parameters)
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell, *[nbformat.v4.new_code_cell(s) for s in sources]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     nbformat.write(nb, path)
 
 

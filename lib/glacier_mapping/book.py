@@ -83,20 +83,26 @@ def stage_book(repo: Path, output_dir: Path, staging: Path, profile: str) -> Pat
     return staging
 
 
-def build_book(repo: str | Path, output_root: str | Path, profile: str) -> Path:
-    """Stage and build the book into ``<repo>/_build/html`` with warnings as errors."""
+def build_book(
+    repo: str | Path, output_root: str | Path, profile: str, build_root: str | Path | None = None
+) -> Path:
+    """Stage and build the book into ``<build_root>/_build/html`` with warnings as errors.
+
+    ``build_root`` defaults to the repository, so ``make book`` renders into ``_build/html``.
+    """
     repo = Path(repo).resolve()
+    build_root = Path(build_root).resolve() if build_root else repo
     output_dir = (Path(output_root) / profile).resolve()
-    staging = stage_book(repo, output_dir, repo / "_build" / "src", profile)
+    staging = stage_book(repo, output_dir, build_root / "_build" / "src", profile)
     command = [
         str(Path(sys.executable).parent / "jupyter-book"), "build", str(staging),
-        "--path-output", str(repo), "-W", "-n", "--keep-going",
+        "--path-output", str(build_root), "-W", "-n", "--keep-going",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
         raise BookBuildError(f"jupyter-book build failed:\n{tail}")
-    html = repo / "_build" / "html"
+    html = build_root / "_build" / "html"
     size_mb = sum(f.stat().st_size for f in html.rglob("*") if f.is_file()) / 2**20
     print(f"Book built: {html / 'index.html'} ({size_mb:.1f} MB)")
     return html

@@ -16,6 +16,8 @@ from importlib import util
 from pathlib import Path
 from typing import Any
 
+from sphinx.util import logging
+
 _BOKEH = re.compile(r"https://cdn\.bokeh\.org/bokeh/(?:release|dev)/([a-z-]+?)-(\d[\w.]*?)(\.min\.js|\.js)")
 _PANEL = re.compile(r"https://cdn\.holoviz\.org/panel/(\d[\w.]*)/dist/([^\"'\s?)\\]+)(\?[^\"'\s)\\]*)?")
 
@@ -74,7 +76,7 @@ def localise_assets(html_dir: Path) -> dict[str, int]:
 def _on_build_finished(app: Any, exception: Exception | None) -> None:  # noqa: ANN401
     if exception is None and app.builder.format == "html":
         counts = localise_assets(Path(app.outdir))
-        app.builder.info(
+        logging.getLogger(__name__).info(
             f"offline assets: {counts['assets']} file(s) served locally "
             f"in {counts['pages']} page(s)"
         )
