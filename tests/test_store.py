@@ -1,7 +1,6 @@
 """Content-addressed artifact store."""
 
 import pytest
-
 from glacier_mapping.store import ArtifactStore, artifact_key
 
 
@@ -50,3 +49,21 @@ def test_key_is_order_independent_and_rejects_objects():
     assert artifact_key("k", {"a": 1, "b": [1, 2]}) == artifact_key("k", {"b": [1, 2], "a": 1})
     with pytest.raises(TypeError, match="cannot be hashed"):
         artifact_key("k", {"a": object()})
+
+
+def test_resumable_build_keeps_partial_work(tmp_path):
+    store = ArtifactStore(tmp_path)
+    attempts = []
+
+    def checkpointing(directory):
+        attempts.append(sorted(f.name for f in directory.iterdir()))
+        (directory / "epoch1").write_text("done")
+        if len(attempts) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.get_or_create("model", {"a": 1}, checkpointing, resumable=True)
+    assert not (store.path_for("model", artifact_key("model", {"a": 1}))).exists()
+    built = store.get_or_create("model", {"a": 1}, checkpointing, resumable=True)
+    assert attempts == [[], ["epoch1"]]
+    assert (built.path / "epoch1").is_file()

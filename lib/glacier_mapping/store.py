@@ -108,6 +108,7 @@ class ArtifactStore:
         params: Mapping[str, Any],
         build: Callable[[Path], Mapping[str, Any] | None],
         inputs: Sequence[Artifact] = (),
+        resumable: bool = False,
     ) -> Artifact:
         """Return the artifact for ``(kind, params, inputs)``, building it if it is missing.
 
@@ -117,6 +118,9 @@ class ArtifactStore:
             build: Called with an empty temporary directory to fill; may return extra
                 metadata to store. The directory is renamed into place only on success.
             inputs: Artifacts this one is derived from; their keys enter the hash.
+            resumable: Keep the partial directory when ``build`` is interrupted and hand it
+                to the next call, so a builder that checkpoints (training) resumes. The
+                artifact still appears under its final name only once complete.
         """
         key = artifact_key(kind, params, inputs)
         final = self.path_for(kind, key)
@@ -124,9 +128,10 @@ class ArtifactStore:
             self._log(kind, key, reused=True, seconds=0.0)
             return Artifact(kind, key, final, reused=True)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = final.parent / (f".partial-{key}" if resumable else f".tmp-{key}-{os.getpid()}")
+        if not resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(exist_ok=True)
         start = time.perf_counter()
         try:
             extra = build(tmp) or {}
@@ -141,7 +146,8 @@ class ArtifactStore:
                 shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not resumable:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._log(kind, key, reused=False, seconds=seconds)
         return Artifact(kind, key, final, reused=False)
