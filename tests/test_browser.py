@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
 import pytest
+
 from conftest import SMOKE_OUTPUTS
 
 pytestmark = pytest.mark.browser

@@ -4,6 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.isotonic import IsotonicRegression
+from sklearn.kernel_ridge import KernelRidge
+
 from glacier_mapping.calibration import (
     CalibrationData,
     IsotonicCalibrator,
@@ -16,8 +19,6 @@ from glacier_mapping.calibration import (
     load_calibrator,
     reliability_diagram_data,
 )
-from sklearn.isotonic import IsotonicRegression
-from sklearn.kernel_ridge import KernelRidge
 
 
 def _probs(p_glacier):
@@ -193,7 +194,7 @@ def test_json_round_trip_gives_identical_predictions(fit_and_test, tmp_path, cls
     data, test_probs, _ = fit_and_test
     calibrator = cls().fit(data)
     path = calibrator.save(tmp_path / "sub" / f"{cls.kind}.json")
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert [p.name for p in path.parent.iterdir()] == [f"{cls.kind}.json"]
     loaded = load_calibrator(path)
     assert type(loaded) is cls
     np.testing.assert_array_equal(loaded.calibrated_confidence(test_probs),

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from conftest import REPO, SMOKE_OUTPUTS
 from glacier_mapping.book import toc_notebooks
 from glacier_mapping.pipeline import discover_notebooks

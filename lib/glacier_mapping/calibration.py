@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +42,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
 from glacier_mapping.data.schema import NUM_CLASSES
+from glacier_mapping.store import atomic_write_json
 
 #: Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before logs (as in the original).
 PROB_EPS = 1e-6
@@ -391,20 +391,6 @@ class CalibrationData:
         return self._probs.copy(), self._labels.astype(np.int64)
 
 
-def _atomic_write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
 class Calibrator(ABC):
     """Common interface of all calibrators.
 
@@ -442,7 +428,7 @@ class Calibrator(ABC):
         Returns:
             The path written.
         """
-        return _atomic_write_json(self.to_json(), path)
+        return atomic_write_json(path, self.to_json())
 
 
 class ConfidenceMapCalibrator(Calibrator):
@@ -479,6 +465,11 @@ class KernelRidgeCalibrator(ConfidenceMapCalibrator):
     ``K_ij = exp(-gamma |x_i - x_j|)``, targets ``y`` the bin accuracies (0 and 1 at the
     anchors), ``alpha_i = 0.01 (1 - w_i)``, ``w_i = (count_i / max count) ** 0.1`` and
     ``w = 1`` at the anchors. Prediction is ``clip(sum_j a_j exp(-gamma |x - x_j|), 0, 1)``.
+
+    Note:
+        Entropy confidence 0 means probabilities (0.5, 0.5), which are right about half the
+        time, so the original's (0, 0) anchor (kept here, with ``alpha = 0``) forces a steep
+        drop of the curve just above 0; isotonic regression has no such anchor.
 
     Args:
         gamma: Laplacian kernel scale; 1.0 equals scikit-learn's default ``1 / n_features`` for
