@@ -226,8 +226,8 @@ def run_pipeline(
         profile_name: Packaged profile name or path of a YAML profile.
         notebook_dir: Directory of the numbered notebooks.
         output_root: Root of generated outputs; the profile's outputs go to a sub-directory.
-        data_dir: Benchmark directory; default ``<output_root>/<profile>/data``. Point it at the
-            real benchmark to run the book on it.
+        data_dir: Benchmark directory; by default (empty) the chapters generate the profile's
+            synthetic benchmark. Point it at the real benchmark to run the book on it.
         only: Notebook numbers or stems to run (default all).
         seed: Overrides the profile's seed.
         echo: Where progress lines go.
@@ -239,11 +239,11 @@ def run_pipeline(
     profile: Profile = load_profile(profile_name, seed=seed)
     notebook_dir = Path(notebook_dir).resolve()
     output_dir = (Path(output_root) / profile.name).resolve()
-    data_path = Path(data_dir).resolve() if data_dir else output_dir / "data"
+    data_path = str(Path(data_dir).resolve()) if data_dir else ""
     notebooks = select_notebooks(discover_notebooks(notebook_dir), only)
     manifest_path = output_dir / "manifest.json"
     manifest: dict[str, Any] = {
-        "profile": profile.as_dict(), "seed": profile.seed, "data_dir": str(data_path),
+        "profile": profile.as_dict(), "seed": profile.seed, "data_dir": data_path or "synthetic",
         "output_dir": str(output_dir), "git_commit": git_commit(notebook_dir.parent),
         "versions": package_versions(), "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -255,7 +255,7 @@ def run_pipeline(
     for index, notebook in enumerate(notebooks, start=1):
         parameters = {
             "profile": profile.name if _is_packaged(profile) else profile.source,
-            "data_dir": str(data_path), "output_dir": str(output_dir), "seed": profile.seed,
+            "data_dir": data_path, "output_dir": str(output_dir), "seed": profile.seed,
             **profile.notebook_parameters(notebook.stem),
         }
         echo(f"[{index}/{len(notebooks)}] {notebook.stem} ...")

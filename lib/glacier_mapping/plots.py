@@ -50,13 +50,17 @@ def raster(
     )
 
 
-def rgb_composite(optical: np.ndarray, title: str, pixel_size_km: float = 0.01) -> hv.RGB:
-    """True-colour composite (red, green, blue = bands 3, 2, 1) with a 2-98 % stretch."""
+def stretch_rgb(optical: np.ndarray) -> np.ndarray:
+    """True-colour array (red, green, blue = bands 3, 2, 1) with a 2-98 % stretch to [0, 1]."""
     bands = np.asarray(optical)[..., [2, 1, 0]].astype(np.float32)
     low, high = np.nanpercentile(bands, [2, 98])
-    stretched = np.clip((bands - low) / max(high - low, 1e-6), 0, 1)
-    small = coarsen(stretched)
-    return hv.RGB(np.flipud(small), bounds=_bounds(bands.shape, pixel_size_km)).opts(
+    return np.clip((bands - low) / max(high - low, 1e-6), 0, 1)
+
+
+def rgb_composite(optical: np.ndarray, title: str, pixel_size_km: float = 0.01) -> hv.RGB:
+    """True-colour composite of a 6-band optical array (see :func:`stretch_rgb`)."""
+    small = coarsen(stretch_rgb(optical))
+    return hv.RGB(np.flipud(small), bounds=_bounds(optical.shape, pixel_size_km)).opts(
         title=title, width=WIDTH, height=HEIGHT, xlabel="x (km)", ylabel="y (km)"
     )
 

@@ -67,7 +67,9 @@ class Region:
             raise ValueError(f"Region code {self.code!r} is not one of {list(REGION_CODES)}.")
         low, high = self.elevation_range
         if not low < self.ela < high:
-            raise ValueError(f"Region {self.code}: ELA {self.ela} m outside {self.elevation_range}.")
+            raise ValueError(
+                f"Region {self.code}: ELA {self.ela} m outside {self.elevation_range}."
+            )
         for field in ("debris_share", "cloudiness", "seasonal_snow"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"Region {self.code}: {field} must lie in [0, 1].")
@@ -94,7 +96,7 @@ REGIONS: dict[str, Region] = {
         ),
         Region(
             "AN", "ANT", "AN1", "Antarctica (Antarctic Peninsula)", -64.60, -62.40, 32720,
-            (-250.0, 1900.0), 250.0, 0.0, 0.35, 0.6, -1000.0, True,
+            (-250.0, 1900.0), 700.0, 0.0, 0.35, 0.6, -1000.0, True,
             _OPT_DEM, 2020,
             "Easy on land, hard at calving fronts: melange and sea ice look like glacier.",
         ),
@@ -118,31 +120,31 @@ REGIONS: dict[str, Region] = {
         ),
         Region(
             "HMA", "HMA", "HMA1", "High-Mountain Asia (Everest, Khumbu)", 27.95, 86.85, 32645,
-            (3800.0, 8000.0), 5650.0, 0.30, 0.2, 0.2, 4300.0, False,
+            (3800.0, 8000.0), 5800.0, 0.30, 0.2, 0.2, 4300.0, False,
             (*_OPT_DEM, "thermal"), 2018,
             "Hardest: long debris-covered tongues that look like the surrounding moraines.",
         ),
         Region(
             "LL", "TRP", "LL2", "Low latitudes (Cordillera Blanca, Peru)", -9.10, -77.60, 32718,
-            (3600.0, 6700.0), 5050.0, 0.05, 0.45, 0.3, 4200.0, False,
+            (3600.0, 6700.0), 5250.0, 0.05, 0.45, 0.3, 4200.0, False,
             (*_OPT_DEM, "thermal"), 2016,
             "Small steep glaciers, frequent cloud, fresh snow on peaks.",
         ),
         Region(
             "NZ", "NZL", "NZ", "New Zealand (Southern Alps, Aoraki/Mt Cook)", -43.60, 170.20,
-            32759, (500.0, 3700.0), 1950.0, 0.18, 0.5, 0.3, 1100.0, False,
+            32759, (500.0, 3700.0), 2100.0, 0.18, 0.5, 0.3, 1100.0, False,
             (*_OPT_DEM, *_ALL_SAR, "thermal"), 2019,
             "Cloudy; debris-covered Tasman-like tongues; SAR and coherence help.",
         ),
         Region(
             "SA", "SAN", "SA2", "Southern Andes (Southern Patagonian Icefield)", -49.50, -73.30,
-            32718, (-150.0, 3300.0), 1150.0, 0.05, 0.55, 0.35, 600.0, True,
+            32718, (-150.0, 3300.0), 1550.0, 0.05, 0.55, 0.35, 600.0, True,
             (*_OPT_DEM, "co_pol_sar"), 2016,
             "Very cloudy; calving into fjords and lakes; co-polarised SAR only.",
         ),
         Region(
             "SC", "SCA", "SC2", "Scandinavia (Jostedalsbreen)", 61.70, 7.00, 32632,
-            (300.0, 2050.0), 1500.0, 0.02, 0.35, 0.35, 1000.0, False,
+            (300.0, 2050.0), 1150.0, 0.02, 0.35, 0.35, 1000.0, False,
             (*_OPT_DEM, *_ALL_SAR, "thermal"), 2018,
             "Easy clean plateau ice; seasonal snow patches are the main confounder.",
         ),

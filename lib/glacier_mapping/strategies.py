@@ -1,0 +1,373 @@
+"""The paper's five generalisation strategies as declarative experiments, run through the store.
+
+An :class:`ExperimentSpec` says what to train (architecture, preset, sensors, regions, location
+encoding, initial weights, schedule). :func:`train_experiment` trains it once: the model is an
+artifact keyed by the spec and the benchmark's fingerprint, so every chapter that asks for the
+same spec (the global model of chapter 02 reused in chapters 03-08) gets the same model, and a
+rerun trains nothing. :func:`predict_split` and :func:`evaluate_split` do the same for
+predictions and confusion counts.
+
+Strategies (original code's definitions, see METHODS.md):
+
+- ``global``: one model on all training regions.
+- ``regional``: one model per region, trained on that region only.
+- ``finetuning``: the global model finetuned per region (lr 5e-5 cosine to 0, best val loss).
+- ``region_encoding``: the global model with a 12-slot region one-hot as location input
+  (10 % of training patches get the "unknown" slot; unseen regions use it at test time).
+- ``coordinate_encoding``: the global model with sin/cos of the patch centre (radians).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from glacier_mapping.data.schema import (
+    COORDINATE_VECTOR_SIZE,
+    GLACIER_CLASS,
+    REGION_VECTOR_SIZE,
+    UNKNOWN_REGION,
+    check_sensors,
+)
+from glacier_mapping.store import Artifact, atomic_write_json
+from glacier_mapping.workflow import Context
+
+STRATEGIES: tuple[str, ...] = (
+    "global", "regional", "finetuning", "region_encoding", "coordinate_encoding",
+)
+ARCHITECTURES: tuple[str, ...] = ("glavitu", "deeplab")
+_LOCATION_OF_STRATEGY = {"region_encoding": "region", "coordinate_encoding": "coordinates"}
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One training experiment.
+
+    Attributes:
+        name: Short unique name (used for ``outputs/<profile>/models/<name>``).
+        strategy: One of :data:`STRATEGIES`.
+        architecture: ``glavitu`` or ``deeplab``.
+        preset: Model size preset (``paper``, ``small``, ``tiny``).
+        sensors: Input sensor groups.
+        regions: Training regions; ``None`` for every region of the training file.
+        patch_size: Training patch size (pixels).
+        batch_size: Patches per batch.
+        epochs: Training epochs.
+        steps_per_epoch: Batches per epoch.
+        learning_rate: Peak learning rate.
+        restart_epochs: Epochs at which cosine cycles end; empty for one cycle over all epochs.
+        seed: Training seed.
+        finetune_from: For ``finetuning``: the experiment whose model is the starting point.
+    """
+
+    name: str
+    strategy: str = "global"
+    architecture: str = "glavitu"
+    preset: str = "small"
+    sensors: tuple[str, ...] = ("optical", "dem")
+    regions: tuple[str, ...] | None = None
+    patch_size: int = 64
+    batch_size: int = 8
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    learning_rate: float = 5e-4
+    restart_epochs: tuple[int, ...] = ()
+    seed: int = 0
+    finetune_from: ExperimentSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: choose one of {list(STRATEGIES)}.")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture={self.architecture!r}: choose one of {list(ARCHITECTURES)}."
+            )
+        object.__setattr__(self, "sensors", check_sensors(list(self.sensors)))
+        if self.regions is not None:
+            object.__setattr__(self, "regions", tuple(self.regions))
+        if (self.strategy == "finetuning") != (self.finetune_from is not None):
+            raise ValueError(
+                f"{self.name}: finetune_from must be given exactly for the finetuning strategy."
+            )
+
+    @property
+    def location(self) -> str | None:
+        """Location input of the strategy: ``region``, ``coordinates`` or None."""
+        return _LOCATION_OF_STRATEGY.get(self.strategy)
+
+    @property
+    def location_size(self) -> int | None:
+        """Length of the location vector (12 or 4), or None."""
+        return {"region": REGION_VECTOR_SIZE, "coordinates": COORDINATE_VECTOR_SIZE}.get(
+            self.location or ""
+        )
+
+    def key_params(self) -> dict[str, Any]:
+        """Everything that determines the trained model (the parent enters as an input)."""
+        params = dataclasses.asdict(self)
+        params.pop("finetune_from")
+        params.pop("name")
+        return params
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained experiment: its spec, its artifact and its model card."""
+
+    spec: ExperimentSpec
+    artifact: Artifact
+    card: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        """The best checkpoint (Keras native format)."""
+        return self.artifact.file("model.keras")
+
+    def load(self) -> Any:  # noqa: ANN401
+        """Load the model (safe mode; custom layers registered by ``glacier_mapping.models``)."""
+        import keras
+
+        import glacier_mapping.models  # noqa: F401  (registers custom layers)
+
+        return keras.saving.load_model(self.model_path)
+
+
+def global_experiment(
+    context: Context,
+    architecture: str = "glavitu",
+    sensors: Sequence[str] = ("optical", "dem"),
+    seed: int | None = None,
+    name: str | None = None,
+    regions: Sequence[str] | None = None,
+) -> ExperimentSpec:
+    """The global experiment of the run's profile (model and training sections)."""
+    model, training = context.profile.model, context.profile.training
+    preset = model["preset"] if architecture == "glavitu" else model["baseline_preset"]
+    seed = context.seed if seed is None else seed
+    return ExperimentSpec(
+        name=name or f"{architecture}-global",
+        architecture=architecture, preset=preset, sensors=tuple(sensors),
+        regions=tuple(regions) if regions else None,
+        patch_size=model["patch_size"], batch_size=training["batch_size"],
+        epochs=training["epochs"], steps_per_epoch=training["steps_per_epoch"],
+        learning_rate=training.get("learning_rate", 5e-4),
+        restart_epochs=tuple(training.get("restart_epochs", ())), seed=seed,
+    )
+
+
+def strategy_experiments(
+    base: ExperimentSpec, regions: Sequence[str], finetune_epochs: int
+) -> dict[str, list[ExperimentSpec]]:
+    """The experiments of every strategy, built from the global experiment ``base``.
+
+    Args:
+        base: The global experiment (its schedule is shared by all but finetuning).
+        regions: Regions that get a regional and a finetuned model.
+        finetune_epochs: Epochs of each finetuning run.
+    """
+    if base.strategy != "global":
+        raise ValueError(f"base must be a global experiment, got strategy {base.strategy!r}.")
+    return {
+        "global": [base],
+        "regional": [
+            dataclasses.replace(base, name=f"{base.name}-regional-{code}", strategy="regional",
+                                regions=(code,))
+            for code in regions
+        ],
+        "finetuning": [
+            dataclasses.replace(
+                base, name=f"{base.name}-finetuned-{code}", strategy="finetuning",
+                regions=(code,), epochs=finetune_epochs, learning_rate=5e-5, restart_epochs=(),
+                finetune_from=base,
+            )
+            for code in regions
+        ],
+        "region_encoding": [
+            dataclasses.replace(base, name=f"{base.name}-region-encoding",
+                                strategy="region_encoding")
+        ],
+        "coordinate_encoding": [
+            dataclasses.replace(base, name=f"{base.name}-coordinate-encoding",
+                                strategy="coordinate_encoding")
+        ],
+    }
+
+
+def _train_config(spec: ExperimentSpec, parent: TrainedModel | None) -> Any:  # noqa: ANN401
+    from glacier_mapping.training import TrainConfig, finetune_config
+
+    config = TrainConfig(
+        epochs=spec.epochs, steps_per_epoch=spec.steps_per_epoch,
+        learning_rate=spec.learning_rate,
+        restart_epochs=spec.restart_epochs or (spec.epochs,), seed=spec.seed,
+    )
+    if parent is None:
+        return config
+    return finetune_config(config, epochs=spec.epochs, init_weights=parent.model_path)
+
+
+def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = True) -> TrainedModel:
+    """Train an experiment once (or reuse it); write its model card to ``outputs/.../models``."""
+    from glacier_mapping.data.patches import make_patch_dataset
+    from glacier_mapping.models import build_model, count_parameters
+    from glacier_mapping.training import train_model
+
+    parent = train_experiment(context, spec.finetune_from, verbose) if spec.finetune_from else None
+    deep_supervision = spec.architecture == "glavitu"
+    bench = context.benchmark
+
+    def build(directory: Path) -> dict[str, Any]:
+        if verbose:
+            print(f"Training {spec.name} ({spec.architecture}/{spec.preset}, "
+                  f"{'+'.join(spec.sensors)}, {spec.epochs} epochs)")
+        model = build_model(
+            spec.architecture, spec.sensors, spec.patch_size, spec.preset,
+            location_size=spec.location_size, deep_supervision=deep_supervision,
+        )
+        common = dict(sensors=spec.sensors, patch_size=spec.patch_size,
+                      batch_size=spec.batch_size, location=spec.location,
+                      deep_supervision=deep_supervision, regions=spec.regions)
+        train_ds = make_patch_dataset(bench.train, mode="random", augment=True,
+                                      seed=spec.seed, **common)
+        val_ds = make_patch_dataset(bench.val, mode="sequential", augment=False,
+                                    label_smoothing=0.0, seed=spec.seed, **common)
+        result = train_model(model, train_ds, val_ds, _train_config(spec, parent),
+                             directory / "training", verbose=verbose)
+        shutil.copyfile(result.best_model_path, directory / "model.keras")
+        result.history.to_csv(directory / "history.csv", index=False)
+        card = {
+            "name": spec.name, "architecture": spec.architecture, "preset": spec.preset,
+            "strategy": spec.strategy, "sensors": list(spec.sensors),
+            "regions": list(spec.regions) if spec.regions else "all",
+            "location": spec.location, "patch_size": spec.patch_size,
+            "parameter_count": count_parameters(model), "training_data": context.data_key,
+            "synthetic_data": context.synthetic, "seed": spec.seed,
+            "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+            "best_validation_value": result.best_value,
+            "train_seconds": round(result.train_seconds, 1),
+            "finetuned_from": spec.finetune_from.name if spec.finetune_from else None,
+            "norm_stats": "norm_stats.json of the training data",
+        }
+        atomic_write_json(directory / "model_card.json", card)
+        shutil.rmtree(directory / "training")  # the best model and history are kept
+        return {"train_seconds": card["train_seconds"]}
+
+    artifact = context.store.get_or_create(
+        "model", {**spec.key_params(), "data": context.data_key}, build,
+        inputs=[parent.artifact] if parent else [], resumable=True,
+    )
+    card = json.loads(artifact.file("model_card.json").read_text())
+    _publish(context, spec, artifact)
+    return TrainedModel(spec, artifact, card)
+
+
+def _publish(context: Context, spec: ExperimentSpec, artifact: Artifact) -> None:
+    """Copy the model and its card to ``outputs/<profile>/models/<name>/`` (results files)."""
+    target = context.output_dir / "models" / spec.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "model_card.json", "history.csv"):
+        tmp = target / f".{name}.tmp"
+        shutil.copyfile(artifact.file(name), tmp)
+        tmp.replace(target / name)
+
+
+def history(trained: TrainedModel) -> pd.DataFrame:
+    """The training history of an experiment (one row per epoch)."""
+    return pd.read_csv(trained.artifact.file("history.csv"))
+
+
+def location_vector(
+    spec: ExperimentSpec, region: str, bounds: Sequence[float]
+) -> np.ndarray | None:
+    """The location input for a tile: its region's slot (unknown if unseen) or its centre."""
+    from glacier_mapping.data.patches import coordinate_vector, region_vector
+
+    if spec.location == "region":
+        known = spec.regions is None or region in spec.regions
+        return region_vector(region if known else UNKNOWN_REGION)
+    if spec.location == "coordinates":
+        xmin, xmax, ymin, ymax = bounds
+        return coordinate_vector((ymin + ymax) / 2.0, (xmin + xmax) / 2.0)
+    return None
+
+
+def predict_split(
+    context: Context,
+    trained: TrainedModel,
+    split: str,
+    regions: Sequence[str] | None = None,
+    acquisition: str | None = None,
+    unknown_region: bool = False,
+) -> Artifact:
+    """Glacier probabilities of every tile of a split (cached as ``probs.npz`` + ``tiles.csv``).
+
+    Args:
+        context: The chapter context.
+        trained: The model.
+        split: ``val``, ``test`` or ``independent``.
+        regions: Only tiles of these regions.
+        acquisition: For the independent split: ``temporal`` or ``spatial`` tiles only.
+        unknown_region: Region encoding: feed the unknown slot even for known regions.
+    """
+    from glacier_mapping.data.patches import region_vector
+    from glacier_mapping.data.tiles import iter_tiles
+    from glacier_mapping.inference import predict_array
+
+    path = context.benchmark.split_path(split)
+    spec = trained.spec
+    params = {"split": split, "regions": list(regions) if regions else None,
+              "acquisition": acquisition, "unknown_region": unknown_region}
+
+    def build(directory: Path) -> dict[str, Any]:
+        model = trained.load()
+        probabilities: dict[str, np.ndarray] = {}
+        rows = []
+        for tile in iter_tiles(path, sensors=spec.sensors, regions=regions):
+            kind = str(tile.attrs.get("acquisition", ""))
+            if acquisition is not None and kind != acquisition:
+                continue
+            location = (region_vector(UNKNOWN_REGION) if unknown_region and spec.location ==
+                        "region" else location_vector(spec, tile.region, tile.bounds))
+            probs = predict_array(model, tile.features, spec.patch_size, location=location)
+            probabilities[tile.name] = probs[..., GLACIER_CLASS].astype(np.float16)
+            rows.append({"tile": tile.name, "region": tile.region, "subregion": tile.subregion,
+                         "acquisition": kind, "date": str(tile.attrs.get("date", ""))})
+        if not rows:
+            raise ValueError(
+                f"No tiles of split {split!r} match regions={regions}, "
+                f"acquisition={acquisition}, sensors={list(spec.sensors)} in {path}."
+            )
+        np.savez_compressed(directory / "probs.npz", **probabilities)
+        pd.DataFrame(rows).to_csv(directory / "tiles.csv", index=False)
+        return {"tiles": len(rows)}
+
+    return context.store.get_or_create("predictions", params, build, inputs=[trained.artifact])
+
+
+def evaluate_split(context: Context, predictions: Artifact) -> pd.DataFrame:
+    """Confusion counts per tile of a predictions artifact, pooled by :func:`evaluate_predictions`.
+
+    Counts are taken over the unpadded pixels of each tile; prediction = probability >= 0.5.
+    """
+    from glacier_mapping.data.tiles import read_tile
+    from glacier_mapping.evaluation import confusion_counts, evaluate_predictions
+
+    meta = context.store.metadata(predictions)
+    path = context.benchmark.split_path(meta["params"]["split"])
+    tiles = pd.read_csv(predictions.file("tiles.csv"), keep_default_na=False)
+    records = []
+    with np.load(predictions.file("probs.npz")) as probs:
+        for row in tiles.to_dict("records"):
+            tile = read_tile(path, row["tile"], sensors=[])
+            predicted = (probs[row["tile"]].astype(np.float32) >= 0.5).astype(np.int64)
+            counts = confusion_counts(predicted, tile.labels, tile.valid)
+            records.append({**row, **counts})
+    return evaluate_predictions(records)

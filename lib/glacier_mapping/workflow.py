@@ -1,0 +1,139 @@
+"""What every chapter does first: load the profile, open the artifact store, open the benchmark.
+
+A chapter calls :func:`open_context` with its Papermill parameters and gets a :class:`Context`
+holding the profile, the artifact store, the benchmark files and a fingerprint of the data that
+keys every model trained on it. With ``data_dir`` empty the synthetic benchmark of the profile
+is generated (once, through the store); otherwise ``data_dir`` is opened as is (the real
+benchmark or any directory in its layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from glacier_mapping.config import Profile, load_profile
+from glacier_mapping.data.benchmark import (
+    BenchmarkFiles,
+    BenchmarkSpec,
+    build_benchmark,
+    open_benchmark,
+)
+from glacier_mapping.report import METRIC_COLUMNS
+from glacier_mapping.store import ArtifactStore
+
+_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a chapter needs to find and share artifacts.
+
+    Attributes:
+        profile: The run profile.
+        output_dir: ``outputs/<profile>``.
+        store: The artifact cache under ``output_dir/cache``.
+        benchmark: Paths of the benchmark files.
+        data_key: Fingerprint of the benchmark; enters the key of every model trained on it.
+        synthetic: Whether the benchmark is the generated stand-in.
+    """
+
+    profile: Profile
+    output_dir: Path
+    store: ArtifactStore
+    benchmark: BenchmarkFiles
+    data_key: str
+    synthetic: bool
+
+    @property
+    def seed(self) -> int:
+        """The run's seed."""
+        return self.profile.seed
+
+    def metrics_path(self, chapter: str) -> Path:
+        """Where a chapter's tidy metrics go."""
+        return self.output_dir / "metrics" / f"{chapter}.csv"
+
+    def figure_path(self, name: str) -> Path:
+        """Where a chapter's static figures go."""
+        return self.output_dir / "figures" / name
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ and oneDNN start-up logs (call before importing it)."""
+    for key, value in _QUIET.items():
+        os.environ.setdefault(key, value)
+
+
+def data_fingerprint(files: BenchmarkFiles) -> str:
+    """A cheap, stable fingerprint of benchmark files: names, sizes and their first megabyte."""
+    digest = hashlib.sha256()
+    for path in (files.train, files.val, files.test, files.norm_stats, files.independent):
+        if path is None:
+            continue
+        digest.update(path.name.encode())
+        digest.update(str(path.stat().st_size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def synthetic_spec(profile: Profile) -> BenchmarkSpec:
+    """The synthetic benchmark a profile asks for (its ``data`` section, with the run's seed)."""
+    data = dict(profile.data)
+    data.pop("synthetic", None)
+    for key in ("regions", "independent_regions", "temporal_regions", "later_dates", "split"):
+        if key in data and data[key] is not None:
+            data[key] = tuple(data[key])
+    try:
+        return BenchmarkSpec(**data, seed=profile.seed)
+    except TypeError as error:
+        raise ValueError(
+            f"Profile {profile.source}: the data section does not describe a benchmark: {error}"
+        ) from None
+
+
+def open_context(
+    profile: str, data_dir: str | Path = "", output_dir: str | Path = "", seed: int | None = None
+) -> Context:
+    """Load the profile, open the store and open or generate the benchmark.
+
+    Args:
+        profile: Profile name or YAML path.
+        data_dir: The benchmark directory; empty for the profile's synthetic benchmark.
+        output_dir: ``outputs/<profile>``; empty for ``outputs/<profile>`` under the cwd's repo.
+        seed: Overrides the profile's seed.
+    """
+    quiet_tensorflow()
+    loaded = load_profile(profile, seed=seed)
+    out = Path(output_dir) if str(output_dir) else Path("..") / "outputs" / loaded.name
+    out.mkdir(parents=True, exist_ok=True)
+    store = ArtifactStore(out / "cache")
+    if str(data_dir):
+        files = open_benchmark(Path(data_dir))
+        return Context(loaded, out, store, files, data_fingerprint(files), synthetic=False)
+    spec = synthetic_spec(loaded)
+    artifact = store.get_or_create(
+        "benchmark", spec.to_dict(), lambda tmp: {"summary": str(build_benchmark(spec, tmp).root)}
+    )
+    files = open_benchmark(artifact.path)
+    return Context(loaded, out, store, files, artifact.key, synthetic=True)
+
+
+def write_metrics(context: Context, chapter: str, rows: pd.DataFrame) -> Path:
+    """Write a chapter's tidy metrics atomically (columns of ``report.METRIC_COLUMNS``)."""
+    frame = rows.copy()
+    frame["chapter"] = chapter
+    for column in METRIC_COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    path = context.metrics_path(chapter)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame[list(METRIC_COLUMNS)].to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
