@@ -142,3 +142,15 @@ def build_information(output_dir: str | Path) -> str:
     lines += ["", "## Package versions", "", "| Package | Version |", "|---|---|"]
     lines += [f"| {name} | {version} |" for name, version in manifest["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def paper_comparison(metrics: pd.DataFrame, chapter: str) -> pd.DataFrame:
+    """The paper's numbers that concern one chapter beside this run's (from its metrics)."""
+    rows = []
+    for entry in paper_numbers():
+        if entry["match"].get("chapter") != chapter:
+            continue
+        ours, _ = _matching_value(metrics, entry["match"])
+        rows.append({"claim": entry["claim"], "paper": entry["paper"], "this run": ours,
+                     "source of the paper's number": entry["status"]})
+    return pd.DataFrame(rows)

@@ -371,3 +371,31 @@ def evaluate_split(context: Context, predictions: Artifact) -> pd.DataFrame:
             counts = confusion_counts(predicted, tile.labels, tile.valid)
             records.append({**row, **counts})
     return evaluate_predictions(records)
+
+
+def tidy_metrics(
+    evaluation: pd.DataFrame, trained: TrainedModel, chapter: str, split: str,
+    experiment: str | None = None,
+) -> pd.DataFrame:
+    """An :func:`evaluate_split` table in the book's long metrics format."""
+    from glacier_mapping.evaluation import to_tidy_metrics
+
+    spec = trained.spec
+    return to_tidy_metrics(
+        evaluation, chapter=chapter, experiment=experiment or spec.name,
+        model=spec.architecture, preset=spec.preset, strategy=spec.strategy,
+        sensors=spec.sensors, split=split, seed=spec.seed,
+    )
+
+
+def model_facts(trained: TrainedModel, chapter: str) -> pd.DataFrame:
+    """Parameter count and training time of a trained model as tidy metric rows."""
+    spec = trained.spec
+    base = {"chapter": chapter, "experiment": spec.name, "model": spec.architecture,
+            "preset": spec.preset, "strategy": spec.strategy, "sensors": "+".join(spec.sensors),
+            "split": "", "region": "ALL", "seed": spec.seed}
+    return pd.DataFrame([
+        {**base, "metric": "parameter_count", "value": trained.card["parameter_count"]},
+        {**base, "metric": "train_seconds", "value": trained.card["train_seconds"]},
+        {**base, "metric": "best_epoch", "value": trained.card["best_epoch"]},
+    ])

@@ -8,8 +8,10 @@ import math
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +101,7 @@ class CosineRestarts(keras.optimizers.schedules.LearningRateSchedule):
         restarts = tuple(int(epoch) for epoch in restart_epochs)
         _check_restarts(restarts, "restart_epochs")
         if initial_learning_rate <= 0:
-            raise ValueError(
-                f"initial_learning_rate must be > 0, got {initial_learning_rate}."
-            )
+            raise ValueError(f"initial_learning_rate must be > 0, got {initial_learning_rate}.")
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
         if not 0.0 <= min_fraction <= 1.0:
@@ -195,7 +195,10 @@ class TrainConfig:
         monitor: Logged quantity that selects the best checkpoint.
         mode: ``"max"`` or ``"min"``: whether a larger monitor value is better.
         init_weights: Finetuning: a ``.keras`` or ``.weights.h5`` file whose weights
-            initialise the model before the first epoch (ignored when resuming).
+            initialise the model before the first epoch (its optimizer state is not used;
+            ignored when resuming).
+        jit_compile: Compile train steps with XLA. Off by default: on a 2-core CPU, GlaViTU
+            (small preset, 64 px) took 0.87 s per step with XLA, 0.47 s without.
     """
 
     epochs: int = 150
@@ -212,10 +215,13 @@ class TrainConfig:
     monitor: str = f"val_{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"
     mode: str = "max"
     init_weights: str | None = None
+    jit_compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "restart_epochs", tuple(int(e) for e in self.restart_epochs))
         object.__setattr__(self, "loss_weights", dict(self.loss_weights))
+        if self.init_weights is not None:
+            object.__setattr__(self, "init_weights", str(self.init_weights))
         for name in ("epochs", "steps_per_epoch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
@@ -230,8 +236,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.mode must be 'max' or 'min', got {self.mode!r}.")
         if OUTPUT_HEAD not in self.loss_weights:
             raise ValueError(
-                f"TrainConfig.loss_weights needs an {OUTPUT_HEAD!r} entry, got "
-                f"{self.loss_weights}."
+                f"TrainConfig.loss_weights needs an {OUTPUT_HEAD!r} entry, got {self.loss_weights}."
             )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -257,7 +262,7 @@ def finetune_config(
         min_learning_rate_fraction=0.0,
         monitor="val_loss",
         mode="min",
-        init_weights=None if init_weights is None else str(init_weights),
+        init_weights=init_weights,
     )
 
 
@@ -299,8 +304,9 @@ def train_model(
     (latest epoch, with optimizer state), ``history.csv`` and ``state.json`` (the commit
     point, written last each epoch). A rerun with the same configuration continues after the
     last completed epoch (the optimizer step, hence the learning-rate position, is restored);
-    a completed run returns at once. The data order after a resume is not bit-identical to an
-    uninterrupted run. On return, ``model`` holds the best weights.
+    a completed run returns at once. After a resume the dataset iterator starts afresh, so
+    the data order matches an uninterrupted run only if every epoch covers whole passes of
+    ``train_ds``. On return, ``model`` holds the best weights.
 
     Args:
         model: Keras model with dict inputs and dict outputs ``{"output", "deepsupervision"?}``.
@@ -422,9 +428,7 @@ class _RunTracker(keras.callbacks.Callback):
             (self.out_dir / previous_last).unlink(missing_ok=True)
         if self.verbose:
             print(
-                _progress_line(
-                    completed, self.config, logs, self.learning_rate, seconds, improved
-                )
+                _progress_line(completed, self.config, logs, self.learning_rate, seconds, improved)
             )
 
 
@@ -441,14 +445,13 @@ def _progress_line(
     values = "  ".join(f"{name} {logs[name]:.4f}" for name in dict.fromkeys(shown))
     marker = "  *best" if improved else ""
     return (
-        f"epoch {epoch}/{config.epochs}  {values}  lr {learning_rate:.2e}  "
-        f"{seconds:.1f} s{marker}"
+        f"epoch {epoch}/{config.epochs}  {values}  lr {learning_rate:.2e}  {seconds:.1f} s{marker}"
     )
 
 
 def _output_heads(model: keras.Model) -> tuple[str, ...]:
     """Return the model's output heads used for training, checking the output contract."""
-    outputs = model.output if isinstance(model, keras.Model) else None
+    outputs = getattr(model, "output", None)
     if not isinstance(outputs, dict) or OUTPUT_HEAD not in outputs:
         raise ValueError(
             f"The model must return a dict with an {OUTPUT_HEAD!r} entry (optionally "
@@ -472,6 +475,7 @@ def _compile(model: keras.Model, heads: tuple[str, ...], config: TrainConfig) ->
         loss_weights={head: float(config.loss_weights.get(head, 0.0)) for head in heads},
         # Keras prefixes metric names with the head only when there are several heads.
         metrics={OUTPUT_HEAD: [GlacierIoU(name=iou_name)]},
+        jit_compile=config.jit_compile,
     )
 
 
@@ -480,8 +484,7 @@ def _select_targets(dataset: tf.data.Dataset, heads: tuple[str, ...]) -> tf.data
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], dict)):
         raise ValueError(
-            "Datasets must yield (inputs dict, targets dict) pairs; got element_spec "
-            f"{spec}."
+            f"Datasets must yield (inputs dict, targets dict) pairs; got element_spec {spec}."
         )
     missing = [head for head in heads if head not in spec[1]]
     if missing:
@@ -492,11 +495,14 @@ def _select_targets(dataset: tf.data.Dataset, heads: tuple[str, ...]) -> tf.data
 
 
 def _load_initial_weights(model: keras.Model, path: str) -> None:
-    """Load finetuning start weights, with a clear error for a missing or wrong file."""
+    """Load finetuning start weights (not optimizer state), with clear errors."""
     if not Path(path).is_file():
         raise ValueError(f"TrainConfig.init_weights={path!r} does not exist.")
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings():
+            # Finetuning starts a fresh optimizer; Keras warns that it skips the saved one.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(path)
     except ValueError as error:
         raise ValueError(
             f"Cannot load TrainConfig.init_weights={path!r} into this model: {error}. The file "
@@ -563,7 +569,7 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 def _check_restarts(restarts: tuple[int, ...], name: str) -> None:
     """Check that restart epochs are positive and strictly increasing."""
-    if not restarts or restarts[0] < 1 or any(b <= a for a, b in zip(restarts, restarts[1:])):
+    if not restarts or restarts[0] < 1 or any(b <= a for a, b in pairwise(restarts)):
         raise ValueError(
             f"{name} must be a non-empty, strictly increasing sequence of positive epochs, "
             f"got {restarts}."

@@ -1,0 +1,390 @@
+"""Windowed inference: Gaussian-blended sliding windows, test-time augmentation, MC dropout."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor used for CRS metadata)
+import tensorflow as tf
+import xarray as xr
+
+from glacier_mapping.data.schema import LOCATION_INPUT
+
+OUTPUT_HEAD = "output"
+CLASS_NAMES: tuple[str, ...] = ("background", "glacier")
+
+#: Sigma of the blending window as a fraction of the patch size (as in nnU-Net).
+GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0
+
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, Callable[..., Any]] = weakref.WeakKeyDictionary()
+
+
+def gaussian_window(patch_size: int) -> np.ndarray:
+    """Return the 2-D Gaussian blending weights of a square window.
+
+    The weights are ``exp(-d^2 / (2 sigma^2))`` with ``d`` the distance to the window centre
+    and ``sigma = patch_size / 8``, scaled to a peak of 1. The farthest corner is less than
+    ``patch_size / sqrt(2)`` away, so every weight exceeds ``exp(-16)`` (about 1e-7): strictly
+    positive for every patch size, and float32 keeps it.
+
+    Args:
+        patch_size: Window side in pixels.
+
+    Returns:
+        A float32 array of shape ``(patch_size, patch_size)``.
+    """
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}.")
+    sigma = patch_size * GAUSSIAN_SIGMA_FRACTION
+    offsets = np.arange(patch_size, dtype=np.float64) - (patch_size - 1) / 2.0
+    profile = np.exp(-(offsets**2) / (2.0 * sigma**2))
+    window = np.outer(profile, profile)
+    return (window / window.max()).astype(np.float32)
+
+
+def window_origins(height: int, width: int, patch_size: int, stride: int) -> list[tuple[int, int]]:
+    """Return the top-left corners of windows that cover a ``height x width`` image.
+
+    Windows start every ``stride`` pixels; where the last one would stop short of the edge
+    an extra window is shifted flush to it, so borders are covered.
+
+    Raises:
+        ValueError: If the image is smaller than one patch (pad it first) or the stride is
+            not in ``[1, patch_size]``.
+    """
+    if not 1 <= stride <= patch_size:
+        raise ValueError(f"stride must be in [1, patch_size={patch_size}], got {stride}.")
+    if height < patch_size or width < patch_size:
+        raise ValueError(
+            f"Image {height}x{width} is smaller than patch_size={patch_size}; pad it to at "
+            "least one patch (predict_array does this)."
+        )
+    return [
+        (row, col)
+        for row in _starts(height, patch_size, stride)
+        for col in _starts(width, patch_size, stride)
+    ]
+
+
+def _starts(length: int, patch_size: int, stride: int) -> list[int]:
+    """Return window starts along one axis, the last one flush with the edge."""
+    starts = list(range(0, length - patch_size + 1, stride))
+    if starts[-1] != length - patch_size:
+        starts.append(length - patch_size)
+    return starts
+
+
+class BlendAccumulator:
+    """Accumulates Gaussian-weighted window probabilities into a normalised image.
+
+    Memory: two float32 arrays of the image size (weighted sums and weights).
+
+    Args:
+        height: Image height in pixels.
+        width: Image width in pixels.
+        patch_size: Window side in pixels.
+        num_classes: Channels of the window probabilities.
+    """
+
+    def __init__(self, height: int, width: int, patch_size: int, num_classes: int = 2) -> None:
+        if height < 1 or width < 1 or num_classes < 1:
+            raise ValueError(
+                f"height, width and num_classes must be >= 1, got {height}, {width}, {num_classes}."
+            )
+        self.patch_size = patch_size
+        self.window = gaussian_window(patch_size)
+        self.sums = np.zeros((height, width, num_classes), dtype=np.float32)
+        self.weights = np.zeros((height, width), dtype=np.float32)
+
+    def add(self, window_probs: np.ndarray, row: int, col: int) -> None:
+        """Add one window's ``(patch, patch, classes)`` probabilities at ``(row, col)``."""
+        size = self.patch_size
+        expected = (size, size, self.sums.shape[-1])
+        if window_probs.shape != expected:
+            raise ValueError(f"window_probs must have shape {expected}, got {window_probs.shape}.")
+        height, width = self.weights.shape
+        if not (0 <= row <= height - size and 0 <= col <= width - size):
+            raise ValueError(
+                f"Window at ({row}, {col}) of size {size} leaves the {height}x{width} image."
+            )
+        self.sums[row : row + size, col : col + size] += window_probs * self.window[..., None]
+        self.weights[row : row + size, col : col + size] += self.window
+
+    def result(self) -> np.ndarray:
+        """Return the weighted mean probabilities, float32 ``(height, width, classes)``.
+
+        Raises:
+            RuntimeError: If some pixel was covered by no window.
+        """
+        if not np.all(self.weights > 0):
+            raise RuntimeError(
+                f"{int(np.sum(self.weights <= 0))} pixels are covered by no window; add "
+                "windows from window_origins() to cover the whole image."
+            )
+        return self.sums / self.weights[..., None]
+
+
+def predict_windows(
+    model: keras.Model,
+    batch: Mapping[str, np.ndarray],
+    tta: bool = False,
+    mc_passes: int = 0,
+    location: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predict class probabilities of a batch of square windows.
+
+    Args:
+        model: Keras model with dict inputs and a dict output with an ``"output"`` entry.
+        batch: Sensor name -> ``(B, P, P, C)`` arrays (inputs the model lacks are ignored).
+        tta: Average over the 8 dihedral transforms (rotations by 90 degrees, with and
+            without a flip), each inverted before averaging.
+        mc_passes: If > 0, average this many passes with MC dropout on (via
+            ``glacier_mapping.models.set_mc_dropout``); 0 runs the model deterministically.
+        location: Location vector ``(L,)`` repeated for every window, or ``(B, L)``.
+
+    Returns:
+        float32 probabilities ``(B, P, P, classes)``.
+    """
+    if mc_passes < 0:
+        raise ValueError(f"mc_passes must be >= 0, got {mc_passes}.")
+    inputs = _model_inputs(model, batch, location)
+    if mc_passes == 0:
+        return _average_transforms(model, inputs, tta)
+    from glacier_mapping.models import set_mc_dropout
+
+    set_mc_dropout(model, True)
+    try:
+        total = sum(_average_transforms(model, inputs, tta) for _ in range(mc_passes))
+    finally:
+        set_mc_dropout(model, False)
+    return (total / np.float32(mc_passes)).astype(np.float32)
+
+
+def predict_array(
+    model: keras.Model,
+    features: Mapping[str, np.ndarray],
+    patch_size: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    tta: bool = False,
+    mc_passes: int = 0,
+    location: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predict class probabilities of a whole image with Gaussian-blended sliding windows.
+
+    Windows of ``patch_size`` start every ``stride`` pixels, and the last row and column of
+    windows are shifted flush to the image edge. An image smaller than one patch is
+    zero-padded at the bottom/right to a full patch (the model sees zeros there, as in the
+    benchmark's padded tiles) and the result is cropped back. Window probabilities are
+    weighted by :func:`gaussian_window` and normalised by the accumulated weights.
+
+    Args:
+        model: Keras model with dict inputs and a dict output with an ``"output"`` entry.
+        features: Sensor name -> ``(H, W, C)`` arrays of the same height and width.
+        patch_size: Window side in pixels (the model's training patch size).
+        stride: Window step; default half a patch (``patch_size // 2``, at least 1).
+        batch_size: Windows per model call.
+        tta: 8-fold dihedral test-time augmentation (about 8 times slower).
+        mc_passes: MC dropout passes to average; 0 for a deterministic prediction.
+        location: Location vector ``(L,)`` given to every window, if the model takes one.
+
+    Returns:
+        float32 probabilities ``(H, W, classes)``.
+    """
+    if patch_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"patch_size and batch_size must be >= 1, got {patch_size} and {batch_size}."
+        )
+    stride = max(patch_size // 2, 1) if stride is None else stride
+    height, width = _image_shape(features)
+    padded = {
+        name: _pad_to(np.asarray(array, dtype=np.float32), patch_size)
+        for name, array in features.items()
+    }
+    padded_height, padded_width = next(iter(padded.values())).shape[:2]
+    origins = window_origins(padded_height, padded_width, patch_size, stride)
+    accumulator: BlendAccumulator | None = None
+    for chunk in _chunks(origins, batch_size):
+        windows = {
+            name: np.stack([array[r : r + patch_size, c : c + patch_size] for r, c in chunk])
+            for name, array in padded.items()
+        }
+        probs = predict_windows(model, windows, tta=tta, mc_passes=mc_passes, location=location)
+        if accumulator is None:
+            accumulator = BlendAccumulator(
+                padded_height, padded_width, patch_size, num_classes=probs.shape[-1]
+            )
+        for window_probs, (row, col) in zip(probs, chunk, strict=True):
+            accumulator.add(window_probs, row, col)
+    return accumulator.result()[:height, :width]
+
+
+def predict_dataarray(
+    model: keras.Model,
+    data: Mapping[str, xr.DataArray],
+    patch_size: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    tta: bool = False,
+    mc_passes: int = 0,
+    location: np.ndarray | None = None,
+) -> xr.DataArray:
+    """Predict class probabilities of georeferenced ``(y, x, band)`` arrays.
+
+    Arguments as in :func:`predict_array`; every array must have dims ``y``, ``x`` and
+    ``band`` and share the same ``y``/``x`` coordinates.
+
+    Returns:
+        float32 probabilities with dims ``(y, x, class)``, the input's ``y``/``x``
+        coordinates, class names ``background``/``glacier``, and the input's CRS when it has
+        rioxarray metadata.
+    """
+    if not data:
+        raise ValueError("data is empty; pass at least one sensor array.")
+    reference_name, reference = next(iter(data.items()))
+    features = {}
+    for name, array in data.items():
+        if set(array.dims) != {"y", "x", "band"}:
+            raise ValueError(
+                f"data[{name!r}] has dims {array.dims}; expected ('y', 'x', 'band') "
+                "(rename or expand_dims first)."
+            )
+        for axis in ("y", "x"):
+            if not np.array_equal(array[axis].values, reference[axis].values):
+                raise ValueError(
+                    f"data[{name!r}] and data[{reference_name!r}] differ in their {axis} "
+                    "coordinates; reproject/align them to one grid first."
+                )
+        features[name] = array.transpose("y", "x", "band").values
+    probs = predict_array(
+        model,
+        features,
+        patch_size,
+        stride=stride,
+        batch_size=batch_size,
+        tta=tta,
+        mc_passes=mc_passes,
+        location=location,
+    )
+    result = xr.DataArray(
+        probs,
+        dims=("y", "x", "class"),
+        coords={
+            "y": reference["y"].values,
+            "x": reference["x"].values,
+            "class": list(CLASS_NAMES[: probs.shape[-1]]),
+        },
+        name="probability",
+    )
+    crs = reference.rio.crs
+    if crs is not None:
+        result = result.rio.write_crs(crs).rio.write_transform(reference.rio.transform())
+    return result
+
+
+def _image_shape(features: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """Return the common ``(H, W)`` of the feature arrays, checking their shapes."""
+    if not features:
+        raise ValueError("features is empty; pass at least one sensor array (H, W, C).")
+    shapes = {name: np.shape(array) for name, array in features.items()}
+    bad = {name: shape for name, shape in shapes.items() if len(shape) != 3}
+    if bad:
+        raise ValueError(f"features must be (H, W, C) arrays; got shapes {bad}.")
+    sizes = {shape[:2] for shape in shapes.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"features differ in height/width: {shapes}; align them first.")
+    return sizes.pop()
+
+
+def _pad_to(array: np.ndarray, patch_size: int) -> np.ndarray:
+    """Zero-pad an ``(H, W, C)`` array at the bottom/right to at least one patch."""
+    pad_rows = max(patch_size - array.shape[0], 0)
+    pad_cols = max(patch_size - array.shape[1], 0)
+    if pad_rows == 0 and pad_cols == 0:
+        return array
+    return np.pad(array, ((0, pad_rows), (0, pad_cols), (0, 0)))
+
+
+def _chunks(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    """Yield consecutive chunks of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _model_inputs(
+    model: keras.Model, batch: Mapping[str, np.ndarray], location: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Select the model's inputs from ``batch`` and attach the location vector."""
+    names = list(model.input) if isinstance(model.input, dict) else []
+    if not names:
+        raise ValueError("The model must take a dict of named inputs (sensor names).")
+    sizes = {np.shape(array)[0] for array in batch.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"batch arrays differ in batch size: {sorted(sizes)}.")
+    count = sizes.pop()
+    inputs = {name: np.asarray(batch[name], dtype=np.float32) for name in names if name in batch}
+    if LOCATION_INPUT in names:
+        if location is None:
+            raise ValueError(
+                f"The model takes a {LOCATION_INPUT!r} input; pass location= (a region "
+                "one-hot, a soft region vector or sin/cos coordinates)."
+            )
+        vector = np.asarray(location, dtype=np.float32)
+        inputs[LOCATION_INPUT] = np.broadcast_to(
+            vector if vector.ndim == 2 else vector[None], (count, vector.shape[-1])
+        )
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise ValueError(f"The model needs inputs {missing}; got {sorted(batch)}.")
+    return inputs
+
+
+def _compiled(model: keras.Model) -> Callable[..., Any]:
+    """Return the model's cached compiled inference function (one per model)."""
+    function = _COMPILED.get(model)
+    if function is None:
+        model_ref = weakref.ref(model)  # a strong reference would keep the cache entry alive
+
+        @tf.function(reduce_retracing=True)
+        def function(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+            outputs = model_ref()(inputs, training=False)
+            if not isinstance(outputs, dict) or OUTPUT_HEAD not in outputs:
+                raise ValueError(f"The model must return a dict with an {OUTPUT_HEAD!r} entry.")
+            return outputs[OUTPUT_HEAD]
+
+        _COMPILED[model] = function
+    return function
+
+
+def _average_transforms(model: keras.Model, inputs: dict[str, np.ndarray], tta: bool) -> np.ndarray:
+    """Run the model once, or over the 8 dihedral transforms averaged after inversion."""
+    function = _compiled(model)
+    if not tta:
+        return np.asarray(function(inputs), dtype=np.float32)
+    total = None
+    for turns in range(4):
+        for flip in (False, True):
+            transformed = {
+                name: _dihedral(array, turns, flip) if array.ndim == 4 else array
+                for name, array in inputs.items()
+            }
+            probs = np.asarray(function(transformed), dtype=np.float32)
+            restored = _inverse_dihedral(probs, turns, flip)
+            total = restored if total is None else total + restored
+    return total / np.float32(8.0)
+
+
+def _dihedral(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """Flip (left-right) then rotate ``(B, H, W, C)`` windows by ``turns`` x 90 degrees."""
+    array = array[:, :, ::-1] if flip else array
+    return np.ascontiguousarray(np.rot90(array, k=turns, axes=(1, 2)))
+
+
+def _inverse_dihedral(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """Undo :func:`_dihedral`."""
+    array = np.rot90(array, k=-turns, axes=(1, 2))
+    return np.ascontiguousarray(array[:, :, ::-1] if flip else array)

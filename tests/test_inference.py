@@ -1,0 +1,242 @@
+"""Tests of glacier_mapping.inference with tiny functional Keras models."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from keras import layers
+
+import glacier_mapping.models
+from glacier_mapping import inference
+from glacier_mapping.inference import (
+    BlendAccumulator,
+    gaussian_window,
+    predict_array,
+    predict_dataarray,
+    predict_windows,
+    window_origins,
+)
+
+CONSTANT = np.array([0.3, 0.7], dtype=np.float32)
+
+
+def _inputs(location: bool = False) -> dict:
+    inputs = {
+        "optical": keras.Input((None, None, 3), name="optical"),
+        "dem": keras.Input((None, None, 2), name="dem"),
+    }
+    if location:
+        inputs["location"] = keras.Input((4,), name="location")
+    return inputs
+
+
+def constant_model() -> keras.Model:
+    inputs = _inputs()
+    logits = layers.Conv2D(
+        2,
+        1,
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant(np.log(CONSTANT)),
+    )(inputs["optical"])
+    output = layers.Softmax()(logits)
+    return keras.Model(inputs, {"output": output, "deepsupervision": output})
+
+
+def pixel_model(location: bool = False) -> keras.Model:
+    """A per-pixel (1x1 convolution) model, optionally shifted by a location embedding."""
+    keras.utils.set_random_seed(4)
+    inputs = _inputs(location)
+    features = layers.Concatenate()([inputs["optical"], inputs["dem"]])
+    logits = layers.Conv2D(2, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=2.0))(
+        features
+    )
+    if location:
+        shift = layers.Dense(2)(inputs["location"])
+        logits = logits + shift[:, None, None, :]
+    return keras.Model(inputs, {"output": layers.Softmax()(logits)})
+
+
+def _features(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "optical": rng.normal(size=(height, width, 3)).astype("float32"),
+        "dem": rng.normal(size=(height, width, 2)).astype("float32"),
+    }
+
+
+def _direct(model: keras.Model, features: dict, location=None) -> np.ndarray:
+    batch = {name: array[None] for name, array in features.items()}
+    if location is not None:
+        batch["location"] = np.asarray(location, "float32")[None]
+    return keras.ops.convert_to_numpy(model(batch, training=False)["output"])[0]
+
+
+def test_gaussian_window_is_positive_peaked_and_symmetric():
+    for size in (1, 7, 16):
+        window = gaussian_window(size)
+        assert window.shape == (size, size) and window.dtype == np.float32
+        assert np.all(window > 0) and window.max() == 1.0
+        np.testing.assert_allclose(window, window.T)
+        np.testing.assert_allclose(window, window[::-1, ::-1])
+    assert gaussian_window(16)[7, 7] > gaussian_window(16)[0, 7] > gaussian_window(16)[0, 0]
+
+
+def test_window_origins_cover_borders():
+    origins = window_origins(20, 16, 8, 4)
+    rows = sorted({row for row, _ in origins})
+    cols = sorted({col for _, col in origins})
+    assert rows == [0, 4, 8, 12] and cols == [0, 4, 8]
+    assert sorted({row for row, _ in window_origins(21, 8, 8, 4)}) == [0, 4, 8, 12, 13]
+    with pytest.raises(ValueError, match="smaller than patch_size"):
+        window_origins(7, 20, 8, 4)
+    with pytest.raises(ValueError, match="stride"):
+        window_origins(20, 20, 8, 9)
+
+
+def test_blend_accumulator_normalises_and_detects_gaps():
+    accumulator = BlendAccumulator(10, 10, 6)
+    accumulator.add(np.full((6, 6, 2), 0.25, "float32"), 0, 0)
+    with pytest.raises(RuntimeError, match="covered by no window"):
+        accumulator.result()
+    for row, col in window_origins(10, 10, 6, 3)[1:]:
+        accumulator.add(np.full((6, 6, 2), 0.25, "float32"), row, col)
+    result = accumulator.result()
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, 0.25, rtol=1e-5)
+    with pytest.raises(ValueError, match="leaves"):
+        accumulator.add(np.zeros((6, 6, 2), "float32"), 5, 0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(21, 19), (5, 7)])
+def test_constant_model_gives_constant_everywhere(height, width):
+    probs = predict_array(constant_model(), _features(height, width), patch_size=8, batch_size=3)
+    assert probs.shape == (height, width, 2) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, np.broadcast_to(CONSTANT, probs.shape), rtol=1e-5)
+
+
+def test_windowed_equals_direct_for_per_pixel_model():
+    model = pixel_model()
+    features = _features(23, 18, seed=1)
+    windowed = predict_array(model, features, patch_size=8, stride=3, batch_size=4)
+    np.testing.assert_allclose(windowed, _direct(model, features), atol=1e-5)
+
+
+def test_location_is_repeated_per_window():
+    model = pixel_model(location=True)
+    features = _features(12, 12, seed=2)
+    location = np.array([0.5, -1.0, 2.0, 0.1], "float32")
+    windowed = predict_array(model, features, patch_size=8, location=location)
+    np.testing.assert_allclose(windowed, _direct(model, features, location), atol=1e-5)
+    with pytest.raises(ValueError, match="location"):
+        predict_array(model, features, patch_size=8)
+
+
+def test_tta_of_per_pixel_model_equals_no_tta():
+    model = pixel_model()
+    features = _features(16, 13, seed=3)
+    plain = predict_array(model, features, patch_size=8)
+    augmented = predict_array(model, features, patch_size=8, tta=True)
+    np.testing.assert_allclose(augmented, plain, atol=1e-5)
+
+
+def test_tta_changes_a_model_that_is_not_rotation_invariant():
+    keras.utils.set_random_seed(5)
+    inputs = _inputs()
+    logits = layers.Conv2D(
+        2, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(stddev=2.0)
+    )(inputs["optical"])
+    model = keras.Model(inputs, {"output": layers.Softmax()(logits)})
+    batch = {name: array[None] for name, array in _features(8, 8, seed=6).items()}
+    plain = predict_windows(model, batch)
+    augmented = predict_windows(model, batch, tta=True)
+    assert augmented.shape == plain.shape == (1, 8, 8, 2)
+    np.testing.assert_allclose(augmented.sum(axis=-1), 1.0, atol=1e-5)
+    assert np.abs(augmented - plain).max() > 1e-3
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class FlagNoise(layers.Layer):
+    """Adds noise only while a non-trainable flag variable is 1 (stands in for MC dropout)."""
+
+    def build(self, input_shape):
+        self.flag = self.add_weight(shape=(), initializer="zeros", trainable=False, name="flag")
+        self.seed_generator = keras.random.SeedGenerator(7)
+
+    def call(self, x):
+        noise = keras.random.normal(keras.ops.shape(x), stddev=1.0, seed=self.seed_generator)
+        return x + self.flag * noise
+
+
+def test_mc_dropout_passes_differ_and_flag_is_reset(monkeypatch):
+    keras.utils.set_random_seed(8)
+    inputs = _inputs()
+    noisy = FlagNoise()
+    logits = layers.Conv2D(2, 1)(noisy(inputs["optical"]))
+    model = keras.Model(inputs, {"output": layers.Softmax()(logits)})
+    calls = []
+
+    def fake_set_mc_dropout(target, enabled):
+        calls.append(enabled)
+        noisy.flag.assign(1.0 if enabled else 0.0)
+
+    monkeypatch.setattr(
+        glacier_mapping.models, "set_mc_dropout", fake_set_mc_dropout, raising=False
+    )
+    batch = {name: array[None] for name, array in _features(8, 8, seed=9).items()}
+    deterministic = predict_windows(model, batch)
+    np.testing.assert_array_equal(deterministic, predict_windows(model, batch))
+    first = predict_windows(model, batch, mc_passes=1)
+    second = predict_windows(model, batch, mc_passes=1)
+    assert np.abs(first - second).max() > 1e-3
+    averaged = predict_windows(model, batch, mc_passes=3)
+    assert averaged.shape == (1, 8, 8, 2)
+    assert calls == [True, False] * 3
+    # The flag is off again: the compiled function sees the variable without retracing.
+    np.testing.assert_array_equal(predict_windows(model, batch), deterministic)
+    assert inference._compiled(model).experimental_get_tracing_count() == 1
+
+
+def test_one_compiled_function_per_model():
+    model = pixel_model()
+    predict_array(model, _features(20, 20), patch_size=8, batch_size=3)
+    function = inference._compiled(model)
+    predict_array(model, _features(11, 30), patch_size=8, batch_size=3)
+    assert inference._compiled(model) is function
+    assert function.experimental_get_tracing_count() <= 2
+
+
+def test_predict_dataarray_keeps_grid_and_crs():
+    model = pixel_model()
+    features = _features(12, 10, seed=10)
+    y = 5000.0 - 30.0 * np.arange(12)
+    x = 300000.0 + 30.0 * np.arange(10)
+    data = {}
+    for name, array in features.items():
+        data[name] = xr.DataArray(
+            np.moveaxis(array, -1, 0),
+            dims=("band", "y", "x"),
+            coords={"band": np.arange(array.shape[-1]) + 1, "y": y, "x": x},
+        ).rio.write_crs("EPSG:32632")
+    probs = predict_dataarray(model, data, patch_size=8)
+    assert probs.dims == ("y", "x", "class")
+    assert list(probs["class"].values) == ["background", "glacier"]
+    np.testing.assert_array_equal(probs["y"], y)
+    assert probs.rio.crs.to_epsg() == 32632
+    np.testing.assert_allclose(probs.values, _direct(model, features), atol=1e-5)
+    shifted = {**data, "dem": data["dem"].assign_coords(x=x + 1)}
+    with pytest.raises(ValueError, match="coordinates"):
+        predict_dataarray(model, shifted, patch_size=8)
+
+
+def test_bad_features_raise_clear_errors():
+    model = pixel_model()
+    with pytest.raises(ValueError, match="differ in height/width"):
+        predict_array(model, {"optical": np.zeros((8, 8, 3)), "dem": np.zeros((9, 8, 2))}, 8)
+    with pytest.raises(ValueError, match="needs inputs"):
+        predict_array(model, {"optical": np.zeros((8, 8, 3))}, 8)

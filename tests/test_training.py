@@ -1,0 +1,200 @@
+"""Tests of glacier_mapping.training with a tiny functional Keras model."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from keras import layers
+
+from glacier_mapping.training import (
+    CosineRestarts,
+    FocalLoss,
+    GlacierIoU,
+    TrainConfig,
+    finetune_config,
+    train_model,
+)
+
+
+def tiny_model(deep_supervision: bool = True) -> keras.Model:
+    keras.utils.set_random_seed(11)
+    inputs = {
+        "optical": keras.Input((8, 8, 3), name="optical"),
+        "dem": keras.Input((8, 8, 2), name="dem"),
+    }
+    features = layers.Concatenate()([inputs["optical"], inputs["dem"]])
+    hidden = layers.Conv2D(4, 3, padding="same", activation="relu")(features)
+    outputs = {"output": layers.Conv2D(2, 1, activation="softmax")(hidden)}
+    if deep_supervision:
+        outputs["deepsupervision"] = layers.Conv2D(2, 1, activation="softmax")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def dataset(count: int = 8, batch: int = 4) -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    optical = rng.random((count, 8, 8, 3)).astype("float32")
+    dem = rng.random((count, 8, 8, 2)).astype("float32")
+    labels = (optical[..., 0] + dem[..., 0] > 1.0).astype("int64")
+    smoothed = np.eye(2, dtype="float32")[labels] * 0.9 + 0.05
+    return tf.data.Dataset.from_tensor_slices(
+        ({"optical": optical, "dem": dem}, {"output": smoothed, "deepsupervision": smoothed})
+    ).batch(batch)
+
+
+CONFIG = TrainConfig(epochs=3, steps_per_epoch=2, learning_rate=1e-2, restart_epochs=(1, 3))
+
+
+def test_focal_loss_by_hand_and_reduces_to_cross_entropy():
+    y_true = np.array([[0.95, 0.05], [0.05, 0.95]], "float32")
+    y_pred = np.array([[0.8, 0.2], [0.4, 0.6]], "float32")
+    expected = -np.sum(y_true * (1 - y_pred) ** 2 * np.log(y_pred), axis=-1).mean()
+    assert float(FocalLoss()(y_true, y_pred)) == pytest.approx(expected, rel=1e-5)
+    cross_entropy = keras.losses.CategoricalCrossentropy()(y_true, y_pred)
+    assert float(FocalLoss(gamma=0.0)(y_true, y_pred)) == pytest.approx(
+        float(cross_entropy), rel=1e-5
+    )
+    restored = FocalLoss.from_config(FocalLoss(gamma=3.0).get_config())
+    assert restored.gamma == 3.0
+    with pytest.raises(ValueError, match="gamma"):
+        FocalLoss(gamma=-1.0)
+
+
+def test_cosine_restarts_schedule():
+    schedule = CosineRestarts(5e-4, (10, 30, 70, 150), steps_per_epoch=4)
+
+    def at(epoch: float) -> float:
+        return float(schedule(int(round(epoch * 4))))
+
+    assert at(0) == pytest.approx(5e-4)
+    assert at(5) == pytest.approx(2.5e-4)
+    assert at(9.75) < 1e-5
+    assert at(10) == pytest.approx(5e-4)  # warm restart
+    assert at(20) == pytest.approx(2.5e-4)  # middle of the 20-epoch cycle
+    assert at(30) == pytest.approx(5e-4)
+    assert at(110) == pytest.approx(2.5e-4)
+    assert at(150) == pytest.approx(0.0, abs=1e-12)
+    assert at(200) == pytest.approx(0.0, abs=1e-12)
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(schedule)))
+    restored = keras.saving.deserialize_keras_object(config)
+    assert float(restored(84)) == pytest.approx(float(schedule(84)))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CosineRestarts(1e-3, (10, 5), steps_per_epoch=1)
+
+
+def test_glacier_iou_ignores_undecided_pixels():
+    metric = GlacierIoU()
+    y_true = np.eye(2, dtype="float32")[[1, 1, 0, 0, 1]] * 0.9 + 0.05
+    y_true[4] = 0.05  # padding after label smoothing
+    y_pred = np.array([[0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.9, 0.1], [0.0, 1.0]], "float32")
+    metric.update_state(y_true[None], y_pred[None])
+    assert float(metric.result()) == pytest.approx(1 / 3)  # tp 1, fn 1, fp 1
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+
+
+def test_config_validation_and_finetune_config():
+    with pytest.raises(ValueError, match="mode"):
+        TrainConfig(mode="best")
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        TrainConfig(steps_per_epoch=0)
+    tuned = finetune_config(TrainConfig(seed=4), epochs=80, init_weights="global.keras")
+    assert (tuned.epochs, tuned.learning_rate, tuned.restart_epochs) == (80, 5e-5, (80,))
+    assert (tuned.monitor, tuned.mode, tuned.seed) == ("val_loss", "min", 4)
+    assert tuned.init_weights == "global.keras"
+    assert TrainConfig().loss_weights == {"output": 1.0, "deepsupervision": 0.5}
+
+
+def test_train_writes_checkpoints_and_history(tmp_path, capsys):
+    model = tiny_model()
+    result = train_model(model, dataset().repeat(), dataset(), CONFIG, tmp_path / "run")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3")
+    assert result.epochs_run == 3 and len(result.history) == 3
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert {"loss", "output_loss", "deepsupervision_loss", "val_output_glacier_iou"} <= set(
+        history.columns
+    )
+    np.testing.assert_allclose(history["learning_rate"], [1e-2, 1e-2, 5e-3], rtol=1e-6)
+    best_row = history["val_output_glacier_iou"].idxmax()
+    assert result.best_epoch == history.loc[best_row, "epoch"]
+    assert result.best_value == pytest.approx(history.loc[best_row, "val_output_glacier_iou"])
+    assert result.train_seconds > 0
+    files = sorted(path.name for path in (tmp_path / "run").iterdir())
+    assert files == ["best.keras", "history.csv", "last-epoch0003.keras", "state.json"]
+    best = keras.models.load_model(result.best_model_path)
+    for loaded, trained in zip(best.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, trained)
+
+
+def test_completed_run_returns_from_files(tmp_path):
+    first = train_model(tiny_model(), dataset().repeat(), dataset(), CONFIG, tmp_path, False)
+    stamp = (tmp_path / "best.keras").stat().st_mtime_ns
+    model = tiny_model()
+    again = train_model(model, dataset().repeat(), dataset(), CONFIG, tmp_path, False)
+    assert (tmp_path / "best.keras").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again.history, first.history)
+    assert again.train_seconds == first.train_seconds
+    best = keras.models.load_model(first.best_model_path)
+    np.testing.assert_array_equal(model.get_weights()[0], best.get_weights()[0])
+    with pytest.raises(ValueError, match="different configuration"):
+        other = TrainConfig(epochs=4, steps_per_epoch=2, restart_epochs=(1, 3))
+        train_model(tiny_model(), dataset().repeat(), dataset(), other, tmp_path, False)
+
+
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    reference = train_model(
+        tiny_model(), dataset().repeat(), dataset(), CONFIG, tmp_path / "a", False
+    )
+    # Data for two epochs and one batch: epoch 3 is interrupted and must not be committed.
+    short = dataset().repeat(2).concatenate(dataset().take(1))
+    with pytest.raises(RuntimeError, match="stopped after epoch 2"):
+        train_model(tiny_model(), short, dataset(), CONFIG, tmp_path / "b", False)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert state["epoch"] == 2 and not state["completed"]
+    resumed = train_model(
+        tiny_model(), dataset().repeat(), dataset(), CONFIG, tmp_path / "b", False
+    )
+    assert resumed.epochs_run == 3
+    columns = ["loss", "val_loss", "val_output_glacier_iou", "learning_rate"]
+    np.testing.assert_allclose(resumed.history[columns], reference.history[columns], rtol=1e-6)
+    last = keras.models.load_model(resumed.last_model_path)
+    assert int(last.optimizer.iterations) == 3 * CONFIG.steps_per_epoch
+
+
+def test_single_head_model_and_finetuning_from_weights(tmp_path):
+    base = train_model(
+        tiny_model(False), dataset().repeat(), dataset(), CONFIG, tmp_path / "global", False
+    )
+    assert "output_glacier_iou" in base.history.columns
+    tuned_config = finetune_config(CONFIG, epochs=2, init_weights=base.best_model_path)
+    model = tiny_model(False)
+    tuned = train_model(
+        model, dataset().repeat(), dataset(), tuned_config, tmp_path / "tuned", False
+    )
+    assert tuned.epochs_run == 2
+    assert tuned.best_value == pytest.approx(tuned.history["val_loss"].min())
+    assert tuned.history["learning_rate"].iloc[0] == pytest.approx(5e-5)
+    # Finetuning started from the global weights, so its first loss is near the global one.
+    assert tuned.history["loss"].iloc[0] < base.history["loss"].iloc[0]
+    bad = finetune_config(CONFIG, epochs=2, init_weights=tmp_path / "missing.keras")
+    with pytest.raises(ValueError, match="does not exist"):
+        train_model(tiny_model(False), dataset().repeat(), dataset(), bad, tmp_path / "bad", False)
+
+
+def test_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs validation data"):
+        train_model(tiny_model(), dataset().repeat(), None, CONFIG, tmp_path, False)
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, layers.Conv2D(2, 1, activation="softmax")(inputs))
+    with pytest.raises(ValueError, match="must return a dict"):
+        train_model(plain, dataset().repeat(), dataset(), CONFIG, tmp_path, False)
