@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--output-dir", type=Path, default=Path("outputs"))
     book.add_argument("--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
     book.set_defaults(handler=_build_book)
+
+    from glacier_mapping.deploy import add_deploy_arguments, deploy_from_args
+
+    deploy = commands.add_parser(
+        "deploy", help="map glaciers in your own GeoTIFF scene with a trained model"
+    )
+    add_deploy_arguments(deploy)
+    deploy.set_defaults(handler=deploy_from_args)
     return parser
 
 

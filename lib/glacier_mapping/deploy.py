@@ -1,0 +1,753 @@
+"""Scene deployment: GeoTIFF inputs to a glacier raster, calibrated confidence and outlines.
+
+The scene is processed one row of windows at a time. Windows are read from the files in
+batches, predicted, weighted with the Gaussian window of :mod:`glacier_mapping.inference` and
+accumulated in a buffer one patch high; rows that no later window touches are finalised and
+written to the output rasters at once. Peak memory therefore depends on the patch size, the
+batch size and the scene width, never on the scene height. Outlines are then vectorised from
+the written class raster strip by strip, with components that cross strip seams merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.shutil
+import shapely
+from rasterio.windows import Window
+from scipy import ndimage
+from shapely.geometry import shape
+from tqdm.auto import tqdm
+
+from glacier_mapping.calibration import Calibrator, confidence, load_calibrator
+from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneError, SceneSource
+from glacier_mapping.data.schema import (
+    COORDINATE_VECTOR_SIZE,
+    LOCATION_INPUT,
+    NUM_CLASSES,
+    REGION_VECTOR_SIZE,
+    SENSOR_CHANNELS,
+)
+from glacier_mapping.data.tiles import NormStats
+from glacier_mapping.inference import gaussian_window, predict_windows, window_origins
+from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
+from glacier_mapping.store import atomic_write_json, file_digest
+
+logger = logging.getLogger(__name__)
+
+CLASS_FILE = "glacier_class.tif"
+CONFIDENCE_FILE = "confidence.tif"
+POLYGON_FILE = "glaciers.gpkg"
+SUMMARY_FILE = "summary.json"
+POLYGON_LAYER = "glaciers"
+CLASS_NODATA = 255
+MODEL_CARD = "model_card.json"
+NORM_STATS_FILE = "norm_stats.json"
+#: Command-line flag that supplies each sensor.
+SENSOR_FLAGS: dict[str, str] = {
+    "optical": "--optical", "dem": "--dem", "co_pol_sar": "--co-pol",
+    "cross_pol_sar": "--cross-pol", "in_sar": "--coherence", "thermal": "--thermal",
+}
+_BLOCK = 256
+
+
+class DeploymentError(ValueError):
+    """Deployment cannot run; the message names the parameter or file and the fix."""
+
+
+@dataclass
+class DeploymentSummary:
+    """What a deployment wrote and measured (also written as ``summary.json``)."""
+
+    scene: str
+    date: str | None
+    out_dir: str
+    outputs: dict[str, str]
+    inputs: dict[str, list[str]]
+    alignment: dict[str, str]
+    grid: dict[str, Any]
+    model: dict[str, Any]
+    calibrator: str | None
+    region_vector: str | None
+    parameters: dict[str, Any]
+    pixels: dict[str, int]
+    glacier_area_km2: float
+    polygon_count: int
+    estimated_iou: float | None
+    mean_confidence: float | None
+    seconds: dict[str, float]
+    peak_memory_mb: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready dictionary."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    """What deployment needs to know about a model."""
+
+    sensors: tuple[str, ...]
+    patch_size: int
+    location_size: int | None
+
+
+def _load_model(model_path: Path) -> Any:  # noqa: ANN401 - a keras.Model
+    """Load a ``.keras`` model in safe mode, with a clear error."""
+    if not model_path.is_file():
+        raise DeploymentError(f"Model file {model_path} does not exist; pass --model PATH.keras.")
+    import keras
+
+    import glacier_mapping.models  # noqa: F401 - registers the custom layers
+
+    try:
+        return keras.saving.load_model(model_path)
+    except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as error:
+        raise DeploymentError(
+            f"{model_path}: cannot be loaded as a Keras model ({error}); pass a model saved "
+            "with model.save('name.keras') by this library."
+        ) from None
+
+
+def _model_card(model_path: Path) -> dict[str, Any]:
+    """The ``model_card.json`` beside the model, or an empty dict."""
+    card_path = model_path.parent / MODEL_CARD
+    if not card_path.is_file():
+        return {}
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DeploymentError(
+            f"{card_path} is not valid JSON ({error}); fix or remove it."
+        ) from None
+    if not isinstance(card, dict):
+        raise DeploymentError(f"{card_path} must hold a JSON object; fix or remove it.")
+    return card
+
+
+def _model_info(model: Any, card: dict[str, Any], patch_size: int | None,  # noqa: ANN401
+                model_path: Path) -> _ModelInfo:
+    """Sensors, patch size and location size from the model's inputs (and card)."""
+    inputs = model.input if isinstance(model.input, dict) else None
+    if not inputs:
+        raise DeploymentError(f"{model_path}: the model must take a dict of named sensor inputs.")
+    sensors = tuple(name for name in inputs if name != LOCATION_INPUT)
+    unknown = [name for name in sensors if name not in SENSOR_CHANNELS]
+    if unknown:
+        raise DeploymentError(f"{model_path}: unknown model input(s) {unknown}.")
+    shapes = {name: tuple(inputs[name].shape) for name in sensors}
+    for name, input_shape in shapes.items():
+        if input_shape[-1] != SENSOR_CHANNELS[name]:
+            raise DeploymentError(
+                f"{model_path}: input {name!r} has {input_shape[-1]} channels; the schema has "
+                f"{SENSOR_CHANNELS[name]}."
+            )
+    model_size = next((s[1] for s in shapes.values() if s[1] is not None), None)
+    size = patch_size or model_size or card.get("patch_size")
+    if size is None:
+        raise DeploymentError(
+            f"{model_path}: the model does not fix its patch size; pass patch_size (--patch-size)."
+        )
+    if model_size is not None and size != model_size:
+        raise DeploymentError(
+            f"patch_size={size} differs from the model's input size {model_size}; omit it."
+        )
+    location = tuple(inputs[LOCATION_INPUT].shape)[-1] if LOCATION_INPUT in inputs else None
+    return _ModelInfo(sensors, int(size), location)
+
+
+def _stats_from_card(model_path: Path, card: dict[str, Any]) -> NormStats:
+    """Normalisation statistics: the card's values or file, ``norm_stats.json``, or the paper's."""
+    entry = card.get("norm_stats", card.get("norm_stats_path"))
+    if isinstance(entry, dict):
+        try:
+            sensors = entry["sensors"]
+            return NormStats(
+                {name: [float(v) for v in item["min"]] for name, item in sensors.items()},
+                {name: [float(v) for v in item["max"]] for name, item in sensors.items()},
+                source=f"{model_path.parent / MODEL_CARD}",
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise DeploymentError(
+                f"{model_path.parent / MODEL_CARD}: 'norm_stats' must look like "
+                f"{{'sensors': {{name: {{'min': [...], 'max': [...]}}}}}} ({error})."
+            ) from None
+    if isinstance(entry, str):
+        return _stats_file(model_path.parent / entry)
+    beside = model_path.parent / NORM_STATS_FILE
+    return _stats_file(beside) if beside.is_file() else NormStats.paper()
+
+
+def _stats_file(path: Path) -> NormStats:
+    if not path.is_file():
+        raise DeploymentError(f"Normalisation statistics {path} do not exist; fix the path.")
+    try:
+        return NormStats.from_json(path)
+    except ValueError as error:
+        raise DeploymentError(str(error)) from None
+
+
+def _location_mode(info: _ModelInfo, region_vector_path: Path | None,
+                   coordinates: bool | None) -> str | None:
+    """``"region"``, ``"coordinates"`` or None, checked against the model's location input."""
+    if info.location_size is None:
+        if region_vector_path is not None or coordinates:
+            raise DeploymentError(
+                "The model takes no location input; drop --region-vector/--coordinates."
+            )
+        return None
+    if info.location_size == REGION_VECTOR_SIZE:
+        if region_vector_path is None:
+            raise DeploymentError(
+                f"The model takes a {REGION_VECTOR_SIZE}-slot region vector; pass "
+                "--region-vector JSON (see glacier_mapping.adaptation.save_region_vector)."
+            )
+        if coordinates:
+            raise DeploymentError("The model takes a region vector, not coordinates; drop "
+                                  "--coordinates.")
+        return "region"
+    if info.location_size == COORDINATE_VECTOR_SIZE:
+        if region_vector_path is not None:
+            raise DeploymentError("The model takes coordinates, not a region vector; drop "
+                                  "--region-vector.")
+        if coordinates is False:
+            raise DeploymentError("The model needs its coordinate input; drop --no-coordinates.")
+        return "coordinates"
+    raise DeploymentError(f"Unsupported model location input size {info.location_size}.")
+
+
+def coordinate_vector(lon: float, lat: float) -> np.ndarray:
+    """``sin(lat), cos(lat), sin(lon), cos(lon)`` of degrees converted to radians."""
+    lat_r, lon_r = math.radians(lat), math.radians(lon)
+    return np.array([math.sin(lat_r), math.cos(lat_r), math.sin(lon_r), math.cos(lon_r)],
+                    dtype=np.float32)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and check it is writable."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DeploymentError(
+            f"Output directory {out_dir} is not writable ({error.strerror or error}); pass "
+            "--out to a directory you can write to."
+        ) from None
+
+
+class _StripBlender:
+    """Gaussian blending in a buffer that spans only the rows windows still touch."""
+
+    def __init__(self, width: int, patch_size: int) -> None:
+        self.window = gaussian_window(patch_size)
+        self.top = 0
+        self.sums = np.zeros((0, width, NUM_CLASSES), np.float32)
+        self.weights = np.zeros((0, width), np.float32)
+        self.valid = np.zeros((0, width), bool)
+
+    def extend_to(self, bottom: int) -> None:
+        """Grow the buffer so that it covers rows up to ``bottom`` (exclusive)."""
+        extra = bottom - self.top - len(self.weights)
+        if extra > 0:
+            width = self.weights.shape[1]
+            self.sums = np.concatenate([self.sums, np.zeros((extra, width, NUM_CLASSES),
+                                                            np.float32)])
+            self.weights = np.concatenate([self.weights, np.zeros((extra, width), np.float32)])
+            self.valid = np.concatenate([self.valid, np.zeros((extra, width), bool)])
+
+    def add(self, probs: np.ndarray, valid: np.ndarray, row: int, col: int) -> None:
+        """Add one window's probabilities ``(P, P, 2)`` and validity at ``(row, col)``."""
+        size = self.window.shape[0]
+        rows, cols = slice(row - self.top, row - self.top + size), slice(col, col + size)
+        self.sums[rows, cols] += probs * self.window[..., None]
+        self.weights[rows, cols] += self.window
+        self.valid[rows, cols] = valid
+
+    def pop(self, bottom: int) -> tuple[np.ndarray, np.ndarray]:
+        """Remove and return blended probabilities and validity of rows ``[top, bottom)``."""
+        count = bottom - self.top
+        probs = self.sums[:count] / self.weights[:count, :, None]
+        valid = self.valid[:count]
+        self.sums, self.weights = self.sums[count:], self.weights[count:]
+        self.valid = self.valid[count:]
+        self.top = bottom
+        return probs, valid
+
+
+def _batches(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _raster_profile(source: SceneSource, dtype: str, nodata: float) -> dict[str, Any]:
+    return {
+        "driver": "GTiff", "height": source.grid.height, "width": source.grid.width,
+        "count": 1, "dtype": dtype, "crs": source.grid.crs, "transform": source.grid.transform,
+        "nodata": nodata, "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
+        "compress": "deflate",
+    }
+
+
+def _to_cog(tiled: Path, final: Path, resampling: str) -> str:
+    """Copy a tiled GeoTIFF to ``final`` as a COG when GDAL has the driver (atomically)."""
+    temporary = final.with_name(f".{final.name}.cog-{os.getpid()}")
+    with rasterio.Env() as env:
+        has_cog = "COG" in env.drivers()
+    if has_cog:
+        try:
+            rasterio.shutil.copy(tiled, temporary, driver="COG", compress="DEFLATE",
+                                 blocksize=_BLOCK, overview_resampling=resampling)
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
+        tiled.unlink()
+        return "COG"
+    os.replace(tiled, final)
+    return "GTiff (tiled; this GDAL has no COG driver)"
+
+
+def _pixel_area_km2(source: SceneSource, rows: np.ndarray) -> np.ndarray:
+    dx, dy = source.grid.pixel_size_m(rows.astype(np.float64))
+    return dx * dy / 1e6
+
+
+def deploy_scene(
+    source: SceneSource,
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    calibrator_path: str | os.PathLike[str] | None = None,
+    region_vector_path: str | os.PathLike[str] | None = None,
+    coordinates: bool | None = None,
+    tta: bool = False,
+    mc_passes: int = 0,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    norm_stats: NormStats | str | os.PathLike[str] | None = None,
+    vector_strip_rows: int = 1024,
+) -> DeploymentSummary:
+    """Map glaciers on a whole scene with windowed, batched inference.
+
+    Writes to ``out_dir``: ``glacier_class.tif`` (uint8 0/1, nodata 255, COG),
+    ``confidence.tif`` (float32 calibrated confidence, nodata NaN, COG), ``glaciers.gpkg``
+    (layer ``glaciers``: one polygon per 4-connected glacier component with ``area_km2``,
+    ``mean_confidence``, ``estimated_iou``, ``scene`` and ``date``) and ``summary.json``.
+
+    Args:
+        source: the scene (its optical grid is the output grid).
+        model_path: ``.keras`` model with dict sensor inputs; a ``model_card.json`` beside it
+            may give ``patch_size`` and ``norm_stats`` (a statistics dict or a file path
+            relative to the card); a ``norm_stats.json`` beside the model is used otherwise.
+        out_dir: output directory (created).
+        calibrator_path: calibrator JSON; without it ``confidence.tif`` holds uncalibrated
+            confidence (1 - normalised entropy) and no IoU is estimated.
+        region_vector_path: region-vector JSON for models with a 12-slot location input.
+        coordinates: give window-centre sin/cos lat/lon (radians); None follows the model.
+        tta: 8-fold dihedral test-time augmentation.
+        mc_passes: MC-dropout passes to average (0 = deterministic).
+        patch_size: window size; default the model's input size.
+        stride: window step; default half a patch.
+        batch_size: windows per model call.
+        progress: show a progress bar.
+        norm_stats: statistics (or their JSON) overriding the model's.
+        vector_strip_rows: rows per strip when vectorising the class raster.
+
+    Raises:
+        DeploymentError: for a bad parameter, model, sensor mismatch or output directory.
+        SceneError: for a scene smaller than one window or without valid pixels.
+    """
+    started = time.perf_counter()
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    if batch_size < 1 or mc_passes < 0 or vector_strip_rows < 1:
+        raise DeploymentError(
+            f"batch_size (>= 1), mc_passes (>= 0) and vector_strip_rows (>= 1) are out of "
+            f"range: {batch_size}, {mc_passes}, {vector_strip_rows}."
+        )
+    _check_out_dir(out_dir)
+    model = _load_model(model_path)
+    card = _model_card(model_path)
+    info = _model_info(model, card, patch_size, model_path)
+    missing = [sensor for sensor in info.sensors if sensor not in source.sensors]
+    if missing:
+        flags = ", ".join(f"{SENSOR_FLAGS[s]} FILE" for s in missing)
+        raise DeploymentError(
+            f"The model needs the {missing} input(s) but the scene lacks them; pass {flags}."
+        )
+    region_vector_path = None if region_vector_path is None else Path(region_vector_path)
+    mode = _location_mode(info, region_vector_path, coordinates)
+    region_vector = None
+    if mode == "region":
+        from glacier_mapping.adaptation import load_region_vector
+
+        region_vector = load_region_vector(region_vector_path).astype(np.float32)
+    if isinstance(norm_stats, NormStats):
+        stats = norm_stats
+    elif norm_stats is not None:
+        stats = _stats_file(Path(norm_stats))
+    else:
+        stats = _stats_from_card(model_path, card)
+    calibrator = None if calibrator_path is None else load_calibrator(calibrator_path)
+    size = info.patch_size
+    stride = max(size // 2, 1) if stride is None else stride
+    if not 1 <= stride <= size:
+        raise DeploymentError(f"stride must be in [1, {size}] (the patch size), got {stride}.")
+    height, width = source.shape
+    if height < size or width < size:
+        raise SceneError(
+            f"Scene {source.name!r} is {height} x {width} pixels, smaller than one {size} x "
+            f"{size} window; the minimum scene size for this model is {size} x {size}."
+        )
+    source.check_not_empty(info.sensors)
+
+    paths = {name: out_dir / name for name in (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE,
+                                                 SUMMARY_FILE)}
+    totals = _predict_and_write(
+        source, model, info, stats, calibrator, stride, batch_size, tta, mc_passes, mode,
+        region_vector, paths, progress,
+    )
+    counts = totals.pop("counts")
+    estimated = estimate_iou(counts) if calibrator is not None else None
+    if estimated is not None and math.isnan(estimated):
+        estimated = None
+    vector_start = time.perf_counter()
+    polygon_count = _write_polygons(
+        _vectorise(paths[CLASS_FILE], paths[CONFIDENCE_FILE], vector_strip_rows), source,
+        estimated, paths[POLYGON_FILE],
+    )
+    seconds = dict(totals.pop("seconds"))
+    seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    notes = []
+    if calibrator is None:
+        notes.append("No calibrator: confidence.tif is uncalibrated and no IoU is estimated; "
+                     "pass --calibrator JSON.")
+        logger.warning(notes[-1])
+    summary = DeploymentSummary(
+        scene=source.name, date=source.date, out_dir=str(out_dir),
+        outputs={name: str(path) for name, path in paths.items()},
+        inputs=source.inputs(), alignment=source.alignment,
+        grid={"crs": source.grid.crs.to_string(), "transform": list(source.grid.transform)[:6],
+              "height": height, "width": width},
+        model={"path": str(model_path), "sha256": file_digest(model_path),
+               "sensors": list(info.sensors), "patch_size": size, "location": mode,
+               "norm_stats": stats.source},
+        calibrator=None if calibrator_path is None else str(calibrator_path),
+        region_vector=None if region_vector_path is None else str(region_vector_path),
+        parameters={"tta": tta, "mc_passes": mc_passes, "stride": stride,
+                    "batch_size": batch_size, "raster_format": totals.pop("format")},
+        pixels={"total": height * width, "valid": totals["valid"],
+                "glacier": totals["glacier"], "windows": totals["windows"]},
+        glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
+        estimated_iou=estimated,
+        mean_confidence=(totals["confidence_sum"] / totals["valid"]
+                         if totals["valid"] else None),
+        seconds=seconds,
+        peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        notes=notes,
+    )
+    atomic_write_json(paths[SUMMARY_FILE], summary.to_json())
+    return summary
+
+
+def _predict_and_write(
+    source: SceneSource, model: Any, info: _ModelInfo, stats: NormStats,  # noqa: ANN401
+    calibrator: Calibrator | None, stride: int, batch_size: int, tta: bool, mc_passes: int,
+    mode: str | None, region_vector: np.ndarray | None, paths: dict[str, Path], progress: bool,
+) -> dict[str, Any]:
+    """Run the windows row by row and write the class and confidence rasters."""
+    height, width = source.shape
+    size = info.patch_size
+    origins = window_origins(height, width, size, stride)
+    rows = sorted({row for row, _ in origins})
+    columns = sorted({col for _, col in origins})
+    blender = _StripBlender(width, size)
+    tiled = {name: paths[name].with_name(f".{name}.part-{os.getpid()}")
+             for name in (CLASS_FILE, CONFIDENCE_FILE)}
+    totals: dict[str, Any] = {"valid": 0, "glacier": 0, "area_km2": 0.0,
+                              "confidence_sum": 0.0, "windows": len(origins)}
+    counts = []
+    predict_seconds = write_seconds = 0.0
+    try:
+        with rasterio.open(tiled[CLASS_FILE], "w",
+                           **_raster_profile(source, "uint8", CLASS_NODATA)) as class_out, \
+                rasterio.open(tiled[CONFIDENCE_FILE], "w",
+                              **_raster_profile(source, "float32", np.nan)) as conf_out, \
+                tqdm(total=len(origins), disable=not progress, unit="window",
+                     desc=f"deploy {source.name}") as bar:
+            for index, row in enumerate(rows):
+                blender.extend_to(row + size)
+                tick = time.perf_counter()
+                for batch in _batches(columns, batch_size):
+                    left, right = batch[0], batch[-1] + size
+                    features, valid = source.read_window(row, left, size, right - left,
+                                                         info.sensors, stats)
+                    windows = {name: np.stack([array[:, c - left : c - left + size]
+                                               for c in batch])
+                               for name, array in features.items()}
+                    location = None
+                    if mode == "region":
+                        location = region_vector
+                    elif mode == "coordinates":
+                        location = np.stack([coordinate_vector(*source.center_lonlat(
+                            row, col, size, size)) for col in batch])
+                    probs = predict_windows(model, windows, tta=tta, mc_passes=mc_passes,
+                                            location=location)
+                    for window_probs, col in zip(probs, batch, strict=True):
+                        blender.add(window_probs, valid[:, col - left : col - left + size],
+                                    row, col)
+                    bar.update(len(batch))
+                predict_seconds += time.perf_counter() - tick
+                tick = time.perf_counter()
+                bottom = rows[index + 1] if index + 1 < len(rows) else height
+                top = blender.top
+                probs, valid = blender.pop(bottom)
+                pred = np.argmax(probs, axis=-1).astype(np.uint8)
+                conf = (confidence(probs) if calibrator is None
+                        else calibrator.calibrated_confidence(probs)).astype(np.float32)
+                counts.append(expected_counts(pred, conf, valid))
+                glacier = (pred == 1) & valid
+                area = _pixel_area_km2(source, np.arange(top, bottom))
+                totals["valid"] += int(valid.sum())
+                totals["glacier"] += int(glacier.sum())
+                totals["area_km2"] += float((glacier.sum(axis=1) * area).sum())
+                totals["confidence_sum"] += float(conf[valid].sum())
+                block = Window(0, top, width, bottom - top)
+                class_out.write(np.where(valid, pred, CLASS_NODATA).astype(np.uint8), 1,
+                                window=block)
+                conf_out.write(np.where(valid, conf, np.nan).astype(np.float32), 1,
+                               window=block)
+                write_seconds += time.perf_counter() - tick
+        tick = time.perf_counter()
+        totals["format"] = _to_cog(tiled[CLASS_FILE], paths[CLASS_FILE], "NEAREST")
+        _to_cog(tiled[CONFIDENCE_FILE], paths[CONFIDENCE_FILE], "AVERAGE")
+        write_seconds += time.perf_counter() - tick
+    finally:
+        for path in tiled.values():
+            path.unlink(missing_ok=True)
+    totals["counts"] = pool_counts(counts)
+    totals["seconds"] = {"predict": round(predict_seconds, 3), "write": round(write_seconds, 3)}
+    return totals
+
+
+class _UnionFind:
+    """Disjoint sets of component ids."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, item: int) -> int:
+        root = self.parent.setdefault(item, item)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        while item != root:
+            self.parent[item], item = root, self.parent[item]
+        return root
+
+    def union(self, first: int, second: int) -> None:
+        self.parent[self.find(first)] = self.find(second)
+
+
+@dataclass
+class _Polygons:
+    """Completed glacier components of one strip."""
+
+    geometries: list[Any]
+    pixel_counts: list[int]
+    mean_confidence: list[float]
+
+
+class _Components:
+    """Glacier components collected strip by strip, released once no later strip can grow them."""
+
+    def __init__(self) -> None:
+        self.sets = _UnionFind()
+        self.pieces: dict[int, list[Any]] = {}
+        self.pixel_count: dict[int, int] = {}
+        self.conf_sum: dict[int, float] = {}
+
+    def add_strip(self, labels: np.ndarray, count: int, offset: int, conf: np.ndarray,
+                  glacier: np.ndarray, transform: Any) -> None:  # noqa: ANN401
+        """Record the components of one labelled strip (ids shifted by ``offset``)."""
+        flat = labels.ravel()
+        sizes = np.bincount(flat, minlength=count + 1)
+        sums = np.bincount(flat, weights=np.nan_to_num(conf).ravel(), minlength=count + 1)
+        for local in range(1, count + 1):
+            self.pixel_count[offset + local] = int(sizes[local])
+            self.conf_sum[offset + local] = float(sums[local])
+        for geometry, value in rasterio.features.shapes(labels, mask=glacier,
+                                                        transform=transform):
+            self.pieces.setdefault(offset + int(value), []).append(shape(geometry))
+
+    def release(self, open_ids: np.ndarray) -> _Polygons:
+        """Merge and remove every component not connected to ``open_ids``."""
+        still_open = {self.sets.find(int(item)) for item in np.unique(open_ids[open_ids > 0])}
+        groups: dict[int, list[int]] = {}
+        for item in self.pieces:
+            root = self.sets.find(item)
+            if root not in still_open:
+                groups.setdefault(root, []).append(item)
+        done = _Polygons([], [], [])
+        for members in groups.values():
+            geometries = [g for member in members for g in self.pieces.pop(member)]
+            merged = geometries[0] if len(geometries) == 1 else shapely.union_all(geometries)
+            total = sum(self.pixel_count.pop(m) for m in members)
+            done.geometries.append(merged)
+            done.pixel_counts.append(total)
+            done.mean_confidence.append(sum(self.conf_sum.pop(m) for m in members) / total)
+            for member in members:  # no later strip can reach a released component
+                self.sets.parent.pop(member, None)
+        return done
+
+
+def _vectorise(class_path: Path, conf_path: Path, strip_rows: int) -> Iterator[_Polygons]:
+    """Yield, strip by strip, completed polygons of 4-connected glacier components.
+
+    A component that reaches the bottom row of a strip stays open and is merged with the
+    pieces that continue it in the next strip; memory holds one strip and the open components.
+    """
+    components = _Components()
+    offset = 0
+    previous_last: np.ndarray | None = None
+    with rasterio.open(class_path) as classes, rasterio.open(conf_path) as confidences:
+        for top in range(0, classes.height, strip_rows):
+            window = Window(0, top, classes.width, min(strip_rows, classes.height - top))
+            glacier = classes.read(1, window=window) == 1
+            labels, count = ndimage.label(glacier)
+            labels = labels.astype(np.int32)
+            ids = np.where(labels > 0, labels + offset, 0)
+            if previous_last is not None:
+                touching = (previous_last > 0) & (ids[0] > 0)
+                for above, below in set(zip(previous_last[touching], ids[0][touching],
+                                            strict=True)):
+                    components.sets.union(int(above), int(below))
+            components.add_strip(labels, count, offset, confidences.read(1, window=window),
+                                 glacier, classes.window_transform(window))
+            last = top + int(window.height) >= classes.height
+            yield components.release(np.zeros(1, np.int32) if last else ids[-1])
+            previous_last = ids[-1]
+            offset += count
+
+
+def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated: float | None,
+                    path: Path) -> int:
+    """Write the outlines GeoPackage strip by strip, atomically; returns the polygon count."""
+    crs = source.grid.crs
+    metric = None
+    if crs.is_geographic:
+        outline = gpd.GeoSeries([shapely.box(*source.grid.bounds)], crs=crs)
+        metric = outline.estimate_utm_crs()
+    factor = 1.0 if crs.is_geographic else crs.linear_units_factor[1]
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gpkg")
+    temporary.unlink(missing_ok=True)
+    written = 0
+    try:
+        for index, polygons in enumerate(strips):
+            count = len(polygons.geometries)
+            geometry = gpd.GeoSeries(polygons.geometries, crs=crs)
+            area = (geometry.to_crs(metric) if metric is not None and count else geometry).area
+            frame = gpd.GeoDataFrame(
+                {
+                    "glacier_id": np.arange(written + 1, written + count + 1, dtype=np.int64),
+                    "area_km2": area.to_numpy(dtype=np.float64) * factor**2 / 1e6,
+                    "pixel_count": np.asarray(polygons.pixel_counts, dtype=np.int64),
+                    "mean_confidence": np.asarray(polygons.mean_confidence, dtype=np.float64),
+                    "estimated_iou": np.full(count, np.nan if estimated is None else estimated),
+                    "scene": np.array([source.name] * count, dtype=object),
+                    "date": np.array([source.date or ""] * count, dtype=object),
+                },
+                geometry=geometry,
+            )
+            if index == 0 or count:
+                frame.to_file(temporary, layer=POLYGON_LAYER, driver="GPKG",
+                              mode="w" if index == 0 else "a")
+            written += count
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return written
+
+
+def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``glacier-mapping deploy`` options to ``parser``."""
+    parser.add_argument("--optical", nargs="+", required=True, type=Path, metavar="FILE",
+                        help="optical GeoTIFF/COG file(s); the first defines the output grid")
+    parser.add_argument("--bands", required=True,
+                        help=f"comma-separated name of every optical file band, in file order: "
+                             f"{','.join(OPTICAL_BANDS)} or '-' to skip a band")
+    parser.add_argument("--optical-scale", type=float, default=1.0,
+                        help="factor turning optical values into reflectance (e.g. 0.0001)")
+    parser.add_argument("--dem", type=Path, metavar="FILE", help="elevation (m)")
+    parser.add_argument("--slope", type=Path, metavar="FILE",
+                        help="slope (deg); derived from the DEM when omitted")
+    parser.add_argument("--co-pol", type=Path, metavar="FILE",
+                        help="co-pol linear sigma0, 2 bands (ascending, descending)")
+    parser.add_argument("--cross-pol", type=Path, metavar="FILE",
+                        help="cross-pol linear sigma0, 2 bands (ascending, descending)")
+    parser.add_argument("--coherence", type=Path, metavar="FILE",
+                        help="InSAR coherence, 2 bands (ascending, descending)")
+    parser.add_argument("--thermal", type=Path, metavar="FILE", help="brightness temperature (K)")
+    parser.add_argument("--model", required=True, type=Path, metavar="PATH",
+                        help="trained .keras model")
+    parser.add_argument("--calibrator", type=Path, metavar="JSON", help="calibrator JSON")
+    parser.add_argument("--region-vector", type=Path, metavar="JSON",
+                        help="region vector JSON (models with a region input)")
+    parser.add_argument("--coordinates", action=argparse.BooleanOptionalAction, default=None,
+                        help="give window-centre coordinates (default: as the model needs)")
+    parser.add_argument("--norm-stats", type=Path, metavar="JSON",
+                        help="normalisation statistics overriding the model's")
+    parser.add_argument("--tta", action="store_true", help="8-fold test-time augmentation")
+    parser.add_argument("--mc-passes", type=int, default=0, metavar="N",
+                        help="MC-dropout passes (0 = deterministic)")
+    parser.add_argument("--patch-size", type=int, metavar="N", help="window size (default: model)")
+    parser.add_argument("--stride", type=int, metavar="N", help="window step (default: half)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument("--name", help="scene name (default: first optical file name)")
+    parser.add_argument("--date", help="acquisition date YYYY-MM-DD (default: from file tags)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
+
+
+def deploy_from_args(args: argparse.Namespace) -> int:
+    """Run ``glacier-mapping deploy``; returns the exit code (2 for a usage or input error)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        with SceneSource(
+            args.optical, args.bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
+            cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
+            optical_scale=args.optical_scale, name=args.name, date=args.date,
+        ) as source:
+            summary = deploy_scene(
+                source, args.model, args.out, calibrator_path=args.calibrator,
+                region_vector_path=args.region_vector, coordinates=args.coordinates,
+                tta=args.tta, mc_passes=args.mc_passes, patch_size=args.patch_size,
+                stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress,
+                norm_stats=args.norm_stats,
+            )
+    except (SceneError, DeploymentError, FileNotFoundError, ValueError) as error:
+        print(f"glacier-mapping deploy: error: {error}", file=sys.stderr)
+        return 2
+    iou = "n/a" if summary.estimated_iou is None else f"{summary.estimated_iou:.3f}"
+    print(f"{summary.scene}: {summary.glacier_area_km2:.2f} km2 of glacier in "
+          f"{summary.polygon_count} polygons, estimated IoU {iou}; outputs in {summary.out_dir}")
+    return 0
