@@ -4,6 +4,7 @@ import json
 
 import nbformat
 import pytest
+
 from glacier_mapping.cli import main
 from glacier_mapping.pipeline import NotebookFailed, run_pipeline
 

@@ -1,6 +1,7 @@
 """Content-addressed artifact store."""
 
 import pytest
+
 from glacier_mapping.store import ArtifactStore, artifact_key
 
 

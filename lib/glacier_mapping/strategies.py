@@ -284,15 +284,28 @@ def history(trained: TrainedModel) -> pd.DataFrame:
     return pd.read_csv(trained.artifact.file("history.csv"))
 
 
+def training_regions(context: Context, spec: ExperimentSpec) -> set[str]:
+    """Regions a model saw in training (its own list, or every region of the training file)."""
+    if spec.regions is not None:
+        return set(spec.regions)
+    import h5py
+
+    with h5py.File(context.benchmark.train, "r") as handle:
+        return {_text(group.attrs["region"]) for group in handle.values()}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def location_vector(
-    spec: ExperimentSpec, region: str, bounds: Sequence[float]
+    spec: ExperimentSpec, region: str, bounds: Sequence[float], known_regions: set[str]
 ) -> np.ndarray | None:
     """The location input for a tile: its region's slot (unknown if unseen) or its centre."""
     from glacier_mapping.data.patches import coordinate_vector, region_vector
 
     if spec.location == "region":
-        known = spec.regions is None or region in spec.regions
-        return region_vector(region if known else UNKNOWN_REGION)
+        return region_vector(region if region in known_regions else UNKNOWN_REGION)
     if spec.location == "coordinates":
         xmin, xmax, ymin, ymax = bounds
         return coordinate_vector((ymin + ymax) / 2.0, (xmin + xmax) / 2.0)
@@ -326,6 +339,8 @@ def predict_split(
     params = {"split": split, "regions": list(regions) if regions else None,
               "acquisition": acquisition, "unknown_region": unknown_region}
 
+    known = training_regions(context, spec)
+
     def build(directory: Path) -> dict[str, Any]:
         model = trained.load()
         probabilities: dict[str, np.ndarray] = {}
@@ -335,7 +350,7 @@ def predict_split(
             if acquisition is not None and kind != acquisition:
                 continue
             location = (region_vector(UNKNOWN_REGION) if unknown_region and spec.location ==
-                        "region" else location_vector(spec, tile.region, tile.bounds))
+                        "region" else location_vector(spec, tile.region, tile.bounds, known))
             probs = predict_array(model, tile.features, spec.patch_size, location=location)
             probabilities[tile.name] = probs[..., GLACIER_CLASS].astype(np.float16)
             rows.append({"tile": tile.name, "region": tile.region, "subregion": tile.subregion,
@@ -399,3 +414,48 @@ def model_facts(trained: TrainedModel, chapter: str) -> pd.DataFrame:
         {**base, "metric": "train_seconds", "value": trained.card["train_seconds"]},
         {**base, "metric": "best_epoch", "value": trained.card["best_epoch"]},
     ])
+
+
+def evaluate_strategies(
+    context: Context,
+    experiments: dict[str, list[TrainedModel]],
+    split: str,
+    acquisition: str | None = None,
+    chapter: str = "03_strategy_comparison",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Region IoUs of every strategy on a split, and the same as tidy metric rows.
+
+    Regional and finetuned models are evaluated only on their own region (they do not apply to
+    regions they were not trained for); the other strategies on every region of the split.
+    ``acquisition`` selects ``temporal`` or ``spatial`` tiles of the independent split; the
+    tidy rows then carry that name as ``split``.
+
+    Returns:
+        ``(table, tidy)``: ``table`` has one row per strategy and region with the pooled
+        counts and metrics; ``tidy`` is in the book's long metrics format.
+    """
+    import h5py
+
+    path = context.benchmark.split_path(split)
+    with h5py.File(path, "r") as handle:
+        present = {
+            _text(g.attrs["region"]) for g in handle.values()
+            if acquisition is None or _text(g.attrs.get("acquisition", "")) == acquisition
+        }
+    label = acquisition or split
+    tables, tidy = [], []
+    for strategy, models in experiments.items():
+        for trained in models:
+            regions = sorted(present & set(trained.spec.regions or present))
+            if not regions:
+                continue
+            predictions = predict_split(context, trained, split, regions=regions,
+                                        acquisition=acquisition)
+            evaluation = evaluate_split(context, predictions)
+            rows = evaluation[evaluation.level == "region"].assign(strategy=strategy,
+                                                                   experiment=trained.spec.name)
+            tables.append(rows)
+            tidy.append(tidy_metrics(evaluation, trained, chapter, label))
+    if not tables:
+        raise ValueError(f"No strategy applies to any region of split {label!r}.")
+    return pd.concat(tables, ignore_index=True), pd.concat(tidy, ignore_index=True)

@@ -1,1 +1,48 @@
-"""Models: GlaViTU, the DeepLabv3+ baseline, presets and original-weight import."""
+"""Models: GlaViTU, the DeepLabv3+ baseline, size presets and original-weight import."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from glacier_mapping.models.blocks import MCDropout, count_parameters, set_mc_dropout
+from glacier_mapping.models.deeplab import build_deeplab
+from glacier_mapping.models.glavitu import build_glavitu
+from glacier_mapping.models.presets import PRESETS, Preset, get_preset
+
+ARCHITECTURES = ("glavitu", "deeplab")
+
+
+def build_model(
+    architecture: str,
+    sensors: Sequence[str],
+    patch_size: int,
+    preset: str = "paper",
+    location_size: int | None = None,
+    deep_supervision: bool = True,
+) -> keras.Model:
+    """Build GlaViTU or DeepLabv3+ by name (``deep_supervision`` only applies to GlaViTU).
+
+    Raises:
+        ValueError: for an unknown architecture (or bad builder arguments).
+    """
+    if architecture == "glavitu":
+        return build_glavitu(sensors, patch_size, preset, location_size, deep_supervision)
+    if architecture == "deeplab":
+        return build_deeplab(sensors, patch_size, preset, location_size)
+    raise ValueError(f"Unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}.")
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "MCDropout",
+    "Preset",
+    "build_deeplab",
+    "build_glavitu",
+    "build_model",
+    "count_parameters",
+    "get_preset",
+    "set_mc_dropout",
+]

@@ -14,7 +14,6 @@ from keras import layers
 from glacier_mapping.data.schema import LOCATION_INPUT, check_sensors
 from glacier_mapping.models.blocks import (
     BN_EPSILON,
-    LEAKY_SLOPE,
     LN_EPSILON,
     MCDropout,
     PositionalEmbedding,
@@ -48,7 +47,10 @@ def check_location_size(location_size: int | None) -> None:
 
 
 def transformer_block(x: keras.KerasTensor, preset: Preset, name: str) -> keras.KerasTensor:
-    """Pre-LayerNorm transformer block: MHA and a GELU MLP, each in a residual branch."""
+    """Pre-LayerNorm transformer block: MHA and an MLP, each in a residual branch.
+
+    As in the original, both MLP layers use (exact) GELU.
+    """
     y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
     y = layers.MultiHeadAttention(
         num_heads=preset.vit_heads, key_dim=preset.vit_dim // preset.vit_heads, name=f"{name}_mha"
@@ -57,13 +59,17 @@ def transformer_block(x: keras.KerasTensor, preset: Preset, name: str) -> keras.
     y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln2")(x)
     y = layers.Dense(preset.vit_mlp, activation="gelu", name=f"{name}_mlp1")(y)
     y = MCDropout(preset.dropout, name=f"{name}_drop1")(y)
-    y = layers.Dense(preset.vit_dim, name=f"{name}_mlp2")(y)
+    y = layers.Dense(preset.vit_dim, activation="gelu", name=f"{name}_mlp2")(y)
     y = MCDropout(preset.dropout, name=f"{name}_drop2")(y)
     return layers.Add(name=f"{name}_add2")([x, y])
 
 
 def setr(x: keras.KerasTensor, patch_size: int, preset: Preset) -> keras.KerasTensor:
-    """ViT encoder (no class token) and progressive-upsampling decoder back to full size."""
+    """ViT encoder (no class token) and progressive-upsampling decoder back to full size.
+
+    The decoder steps are conv 3x3 + BatchNorm (no activation, as in the original) followed by
+    x2 bilinear upsampling; a linear 1x1 convolution restores the input width.
+    """
     grid, patch = patch_size // preset.vit_patch, preset.vit_patch
     channels = x.shape[-1]
     t = layers.Reshape((grid, patch, grid, patch, channels), name="setr_split")(x)
@@ -75,7 +81,7 @@ def setr(x: keras.KerasTensor, patch_size: int, preset: Preset) -> keras.KerasTe
         t = transformer_block(t, preset, name=f"setr_block{index}")
     y = layers.Reshape((grid, grid, preset.vit_dim), name="setr_grid")(t)
     for index in range(preset.vit_patch.bit_length() - 1):
-        y = conv_bn_act(y, preset.decoder_filters, name=f"setr_decoder{index}")
+        y = conv_bn_act(y, preset.decoder_filters, name=f"setr_decoder{index}", activation=False)
         y = layers.UpSampling2D(interpolation="bilinear", name=f"setr_decoder{index}_up")(y)
     return layers.Conv2D(channels, 1, name="setr_projection")(y)
 
@@ -90,7 +96,11 @@ def residual_block(
 
 
 def residual_unet(x: keras.KerasTensor, preset: Preset) -> keras.KerasTensor:
-    """Residual U-Net with ``unet_steps`` max-pool steps and up-conv + skip concatenation."""
+    """Residual U-Net with ``unet_steps`` max-pool steps and up-conv + skip concatenation.
+
+    Up-conv, as in the original: x2 nearest upsampling, 2x2 conv without bias, BatchNorm (no
+    activation), then concatenation [upsampled, skip]. Residual blocks add without activation.
+    """
     skips = []
     for level in range(preset.unet_steps + 1):
         if level:
@@ -104,7 +114,6 @@ def residual_unet(x: keras.KerasTensor, preset: Preset) -> keras.KerasTensor:
             x
         )
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"unet_up{level}_bn")(x)
-        x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"unet_up{level}_act")(x)
         x = layers.Concatenate(name=f"unet_up{level}_concat")([x, skips[level]])
         x = residual_block(x, filters, preset.dropout, f"unet_up{level}")
     return x
@@ -141,8 +150,9 @@ def build_glavitu(
     if location_size is not None:
         location = keras.Input((location_size,), name=LOCATION_INPUT)
         inputs[LOCATION_INPUT] = location
-    fused = fusion_block(inputs={s: inputs[s] for s in sensors}, filters=config.fusion_filters,
-                         dropout=config.dropout)
+    fused = fusion_block({s: inputs[s] for s in sensors}, config.fusion_filters, config.dropout)
+    # Location placement (broadcast-add to the fused map) follows the paper's description; no
+    # original location-model reference output was available to verify it numerically.
     fused = add_location(fused, location, config.fusion_filters, config.dropout)
     setr_out = layers.Add(name="setr_residual")([fused, setr(fused, patch_size, config)])
     unet = residual_unet(setr_out, config)

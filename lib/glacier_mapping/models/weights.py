@@ -25,18 +25,14 @@ import h5py
 import keras
 import numpy as np
 
-from glacier_mapping.data.schema import LOCATION_INPUT, SENSOR_CHANNELS, SENSORS
+from glacier_mapping.data.schema import LOCATION_INPUT, REGION_CODES, SENSOR_CHANNELS, SENSORS
 from glacier_mapping.models.blocks import count_parameters
 from glacier_mapping.models.glavitu import build_glavitu
 from glacier_mapping.models.presets import get_preset
 
 PRESET = "paper"
 GLAVITU_GROUPS = ("fusion_block", "SETR", "ResUNet", "deepsupervision", "output")
-FILE_NAME = re.compile(
-    r"^(?P<model>[A-Za-z0-9]+)_(?P<strategy>[A-Za-z0-9]+)"
-    r"(?:_(?P<regions>[A-Za-z0-9-]+(?:_[A-Za-z0-9-]+)*?))??"
-    r"(?:_(?P<track>optical|sar|thermal|opticaldem|[a-z]+track))?_weights\.h5$"
-)
+WEIGHTS_SUFFIX = "_weights.h5"
 
 
 class WeightImportError(ValueError):
@@ -275,11 +271,27 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def parse_weights_name(file_name: str) -> dict[str, str | None]:
-    """Parse ``<MODEL>_<STRATEGY>[_<REGIONS>][_<DATA TRACK>]_weights.h5`` (empty if no match)."""
-    match = FILE_NAME.match(file_name)
-    if match is None:
+    """Parse ``<MODEL>_<STRATEGY>[_<REGIONS>][_<DATA TRACK>]_weights.h5``.
+
+    A middle part made only of region codes (joined by "-" or "+") is read as the regions,
+    anything else as the data track. Returns an empty dict when the name does not match.
+    """
+    if not file_name.endswith(WEIGHTS_SUFFIX):
         return {}
-    return {key: match.group(key) for key in ("model", "strategy", "regions", "track")}
+    parts = file_name[: -len(WEIGHTS_SUFFIX)].split("_")
+    if len(parts) < 2 or len(parts) > 4 or not all(parts):
+        return {}
+    parsed: dict[str, str | None] = {
+        "model": parts[0], "strategy": parts[1], "regions": None, "track": None
+    }
+    rest = parts[2:]
+    if rest and all(code.upper() in REGION_CODES for code in re.split(r"[-+]", rest[0])):
+        parsed["regions"] = rest.pop(0)
+    if len(rest) == 1:
+        parsed["track"] = rest[0]
+    elif rest:
+        return {}
+    return parsed
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
