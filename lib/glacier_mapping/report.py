@@ -88,21 +88,22 @@ def results_at_a_glance(output_dir: str | Path, profile: str) -> str:
     if headline.empty:
         lines.append("No metrics were written by this run.")
     else:
-        keys = ["chapter", "model", "strategy", "sensors", "split", "metric"]
+        keys = ["chapter", "experiment", "model", "strategy", "sensors", "split", "metric"]
         table = (
             headline.groupby(keys, dropna=False)["value"]
             .agg(["mean", "std", "count"]).reset_index()
         )
         lines += [
-            "| Chapter | Model | Strategy | Sensors | Split | Metric | Value | Runs |",
-            "|---|---|---|---|---|---|---|---|",
+            "| Chapter | Experiment | Model | Strategy | Sensors | Split | Metric | Value | Runs |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in table.itertuples(index=False):
             value = _format(row.mean)
             if row.count > 1 and pd.notna(row.std):
                 value += f" ± {row.std:.3f}"
             lines.append(
-                f"| {{doc}}`/notebooks/{row.chapter}` | {row.model} | {row.strategy} | "
+                f"| {{doc}}`/notebooks/{row.chapter}` | {row.experiment} | {row.model} | "
+                f"{row.strategy} | "
                 f"{row.sensors} | {row.split} | {row.metric} | {value} | {row.count} |"
             )
     return "\n".join(lines) + "\n"

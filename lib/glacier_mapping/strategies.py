@@ -132,12 +132,23 @@ class TrainedModel:
         return self.artifact.file("model.keras")
 
     def load(self) -> Any:  # noqa: ANN401
-        """Load the model (safe mode; custom layers registered by ``glacier_mapping.models``)."""
+        """Load the model once per process (safe mode; custom layers are registered).
+
+        The loaded model is shared by later calls so that its compiled inference function is
+        reused across splits and chapters run in the same kernel.
+        """
         import keras
 
         import glacier_mapping.models  # noqa: F401  (registers custom layers)
 
-        return keras.saving.load_model(self.model_path)
+        key = str(self.model_path)
+        if key not in _LOADED:
+            _LOADED[key] = keras.saving.load_model(self.model_path)
+        return _LOADED[key]
+
+
+#: Models loaded in this process, by path (artifacts are immutable, so this never goes stale).
+_LOADED: dict[str, Any] = {}
 
 
 def global_experiment(
@@ -201,13 +212,16 @@ def strategy_experiments(
     }
 
 
-def _train_config(spec: ExperimentSpec, parent: TrainedModel | None) -> Any:  # noqa: ANN401
+def _train_config(
+    spec: ExperimentSpec, parent: TrainedModel | None, run_eagerly: bool
+) -> Any:  # noqa: ANN401
     from glacier_mapping.training import TrainConfig, finetune_config
 
     config = TrainConfig(
         epochs=spec.epochs, steps_per_epoch=spec.steps_per_epoch,
         learning_rate=spec.learning_rate,
         restart_epochs=spec.restart_epochs or (spec.epochs,), seed=spec.seed,
+        run_eagerly=run_eagerly,
     )
     if parent is None:
         return config
@@ -239,8 +253,9 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
                                       seed=spec.seed, **common)
         val_ds = make_patch_dataset(bench.val, mode="sequential", augment=False,
                                     label_smoothing=0.0, seed=spec.seed, **common)
-        result = train_model(model, train_ds, val_ds, _train_config(spec, parent),
-                             directory / "training", verbose=verbose)
+        config = _train_config(spec, parent, bool(context.profile.training.get("run_eagerly")))
+        result = train_model(model, train_ds, val_ds, config, directory / "training",
+                             verbose=verbose)
         shutil.copyfile(result.best_model_path, directory / "model.keras")
         result.history.to_csv(directory / "history.csv", index=False)
         card = {
