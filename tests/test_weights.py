@@ -125,3 +125,4 @@ def test_file_name_template_is_parsed():
     }
     assert parse_weights_name("glavitu_finetuning_HMA_sar_weights.h5")["track"] == "sar"
     assert parse_weights_name("random.h5") == {}
+    assert parse_weights_name("glavitu_p64_weights.h5") == {}  # no known strategy

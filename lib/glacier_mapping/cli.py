@@ -38,6 +38,18 @@ def _build_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_weights(args: argparse.Namespace) -> int:
+    from glacier_mapping.models.weights import WeightImportError, export_imported_model
+
+    try:
+        model_path = export_imported_model(args.weights, args.out)
+    except (WeightImportError, FileNotFoundError, OSError) as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 2
+    print(f"Imported {args.weights} -> {model_path} (model card beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``glacier-mapping`` command."""
     parser = argparse.ArgumentParser(
@@ -59,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--output-dir", type=Path, default=Path("outputs"))
     book.add_argument("--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
     book.set_defaults(handler=_build_book)
+
+    weights = commands.add_parser(
+        "import-weights", help="import an original GlaViTU weights file (Keras 2 HDF5)"
+    )
+    weights.add_argument("weights", type=Path, help="<MODEL>_<STRATEGY>[...]_weights.h5")
+    weights.add_argument("--out", type=Path, required=True, help="output directory")
+    weights.set_defaults(handler=_import_weights)
 
     from glacier_mapping.deploy import add_deploy_arguments, deploy_from_args
 

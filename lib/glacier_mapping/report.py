@@ -17,6 +17,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "chapter", "experiment", "model", "preset", "strategy", "sensors", "split", "region", "seed",
     "metric", "value",
 )
+#: Metrics shown in the headline table of "Results at a glance" (pooled over regions).
+HEADLINE_METRICS: tuple[str, ...] = (
+    "iou", "iou_mean_of_regions", "ece", "iou_estimated", "parameter_count",
+)
 
 
 def load_metrics(output_dir: str | Path) -> pd.DataFrame:
@@ -84,7 +88,7 @@ def results_at_a_glance(output_dir: str | Path, profile: str) -> str:
             f"| {entry['claim']} | {entry['paper']} | {ours} | {link} | {entry['status']} |"
         )
     lines += ["", "## This run's headline metrics", ""]
-    headline = metrics[(metrics["region"] == "ALL")] if not metrics.empty else metrics
+    headline = metrics[(metrics["region"] == "ALL") & metrics["metric"].isin(HEADLINE_METRICS)]
     if headline.empty:
         lines.append("No metrics were written by this run.")
     else:

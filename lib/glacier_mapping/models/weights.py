@@ -270,6 +270,13 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+#: Strategy names as they appear in the original weight files (hyphens ignored).
+KNOWN_STRATEGIES = frozenset({
+    "global", "regional", "finetuning", "finetuned", "regionencoding", "coordinateencoding",
+    "coordinatesencoding", "coordencoding",
+})
+
+
 def parse_weights_name(file_name: str) -> dict[str, str | None]:
     """Parse ``<MODEL>_<STRATEGY>[_<REGIONS>][_<DATA TRACK>]_weights.h5``.
 
@@ -280,6 +287,8 @@ def parse_weights_name(file_name: str) -> dict[str, str | None]:
         return {}
     parts = file_name[: -len(WEIGHTS_SUFFIX)].split("_")
     if len(parts) < 2 or len(parts) > 4 or not all(parts):
+        return {}
+    if parts[1].lower().replace("-", "") not in KNOWN_STRATEGIES:
         return {}
     parsed: dict[str, str | None] = {
         "model": parts[0], "strategy": parts[1], "regions": None, "track": None
