@@ -142,3 +142,9 @@ def test_errors_and_throughput():
     result = measure_throughput(ds, batches=10)
     print("throughput", result)
     assert result["patches"] == 80 and result["patches_per_second"] > 50
+
+
+def test_sequential_length_is_declared():
+    ds = make_patch_dataset([_tile(), _tile()], ["optical"], 32, 3, mode="sequential")
+    assert int(ds.cardinality()) == 3  # 8 patches in batches of 3
+    assert sum(1 for _ in ds) == 3

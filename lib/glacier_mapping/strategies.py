@@ -257,6 +257,7 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
         result = train_model(model, train_ds, val_ds, config, directory / "training",
                              verbose=verbose)
         shutil.copyfile(result.best_model_path, directory / "model.keras")
+        bench.stats().to_json(directory / "norm_stats.json")  # what deployment must apply
         result.history.to_csv(directory / "history.csv", index=False)
         card = {
             "name": spec.name, "architecture": spec.architecture, "preset": spec.preset,
@@ -269,7 +270,7 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
             "best_validation_value": result.best_value,
             "train_seconds": round(result.train_seconds, 1),
             "finetuned_from": spec.finetune_from.name if spec.finetune_from else None,
-            "norm_stats": "norm_stats.json of the training data",
+            "norm_stats": "norm_stats.json",
         }
         atomic_write_json(directory / "model_card.json", card)
         shutil.rmtree(directory / "training")  # the best model and history are kept
@@ -288,7 +289,7 @@ def _publish(context: Context, spec: ExperimentSpec, artifact: Artifact) -> None
     """Copy the model and its card to ``outputs/<profile>/models/<name>/`` (results files)."""
     target = context.output_dir / "models" / spec.name
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("model.keras", "model_card.json", "history.csv"):
+    for name in ("model.keras", "model_card.json", "history.csv", "norm_stats.json"):
         tmp = target / f".{name}.tmp"
         shutil.copyfile(artifact.file(name), tmp)
         tmp.replace(target / name)

@@ -303,6 +303,9 @@ def make_patch_dataset(
         generator, output_signature=(inputs_spec, targets_spec)
     )
     dataset = dataset.batch(batch_size, drop_remainder=mode == "random")
+    if mode == "sequential":  # a known length lets Keras end validation without a warning
+        batches = -(-count_patches(loaded, patch_size) // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     if steps is not None:
         dataset = dataset.take(steps)
     return dataset.prefetch(2)

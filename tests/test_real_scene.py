@@ -1,0 +1,220 @@
+"""Tests of the chapter-08 glue: benchmark-scene deployment helpers and the Everest experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from shapely.geometry import box
+
+from glacier_mapping import real_scene as rs
+from glacier_mapping.calibration import TemperatureCalibrator
+from glacier_mapping.config import load_profile
+from glacier_mapping.evaluation import metrics_from_counts
+from glacier_mapping.registry import RealSceneNotAvailable, everest_scene
+
+CRS = "EPSG:32632"
+TRANSFORM = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 5_000_000.0)
+
+
+def _write(path: Path, array: np.ndarray, nodata: float | None = None) -> Path:
+    array = array if array.ndim == 3 else array[None]
+    with rasterio.open(path, "w", driver="GTiff", height=array.shape[1], width=array.shape[2],
+                       count=array.shape[0], dtype=array.dtype, crs=CRS, transform=TRANSFORM,
+                       nodata=nodata) as dataset:
+        dataset.write(array)
+    return path
+
+
+@pytest.fixture(scope="module")
+def everest() -> rs.EverestData:
+    """The real Everest scene, or a skip when the shared kit is absent."""
+    try:
+        return rs.load_everest(everest_scene())
+    except RealSceneNotAvailable as error:
+        pytest.skip(f"Everest scene not available (shared/real_scenes absent): {error}")
+
+
+# --------------------------------------------------------------------------- synthetic helpers
+
+
+def test_find_calibrator_skips_other_json(tmp_path: Path) -> None:
+    assert rs.find_calibrator(tmp_path) is None
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    (folder / "a_reliability.json").write_text(json.dumps({"bins": [1, 2]}))
+    assert rs.find_calibrator(tmp_path) is None
+    saved = TemperatureCalibrator(temperature=1.5).save(folder / "b_model.json")
+    assert rs.find_calibrator(tmp_path) == saved
+    assert rs.find_calibrator(tmp_path, "b_model") == saved
+    assert rs.find_calibrator(tmp_path, "other_model") is None
+
+
+def test_pick_scene_prefers_spatial(tmp_path: Path) -> None:
+    folders = []
+    for name, kind in (("ALP_2023-08-31", "temporal"), ("SC_2018-08-31", "spatial")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "scene.json").write_text(json.dumps({"region": name[:3], "kind": kind}))
+        folders.append(folder)
+    assert rs.pick_scene(folders).name == "SC_2018-08-31"
+    assert rs.pick_scene(folders, "ALP_2023-08-31").name == "ALP_2023-08-31"
+    with pytest.raises(ValueError, match="No scene"):
+        rs.pick_scene(folders, "NZ_2000-01-01")
+    with pytest.raises(ValueError, match="no independent scenes"):
+        rs.pick_scene([])
+
+
+def test_compare_with_reference_hand_counts(tmp_path: Path) -> None:
+    predicted = np.array([[1, 1, 0], [0, 255, 1]], np.uint8)
+    reference = np.array([[1, 0, 0], [1, 1, 255]], np.uint8)
+    counts = rs.compare_with_reference(_write(tmp_path / "p.tif", predicted, 255),
+                                       _write(tmp_path / "r.tif", reference, 255))
+    # valid pixels: (0,0) TP, (0,1) FP, (0,2) TN, (1,0) FN; (1,1) and (1,2) are nodata
+    assert counts == {"tp": 1, "fp": 1, "fn": 1, "tn": 1}
+
+
+def test_compare_with_reference_rejects_other_grid(tmp_path: Path) -> None:
+    first = _write(tmp_path / "p.tif", np.zeros((4, 4), np.uint8))
+    second = _write(tmp_path / "r.tif", np.zeros((5, 4), np.uint8))
+    with pytest.raises(ValueError, match="same grid"):
+        rs.compare_with_reference(first, second)
+
+
+def test_largest_polygons_and_outlines(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame(
+        {"glacier_id": [1, 2, 3], "area_km2": [0.5, 2.0, 1.0], "pixel_count": [5, 20, 10],
+         "mean_confidence": [0.9, 0.8, 0.7]},
+        geometry=[box(500_000, 4_999_000, 500_300, 4_999_300),
+                  box(500_000, 4_999_700, 500_600, 5_000_000),
+                  box(500_300, 4_999_000, 500_600, 4_999_300)], crs=CRS)
+    path = tmp_path / "glaciers.gpkg"
+    frame.to_file(path, layer="glaciers", driver="GPKG")
+    table = rs.largest_polygons(path, 2)
+    assert table["glacier_id"].tolist() == [2, 3]
+    assert list(table.columns) == ["glacier_id", "area_km2", "mean_confidence", "pixel_count"]
+    grid = {"transform": list(TRANSFORM)[:6], "height": 40}  # bottom at 4_998_800
+    rings = rs.polygon_outlines(path, grid, 1)
+    assert len(rings) == 1
+    np.testing.assert_allclose(rings[0][:, 0].min(), 0.0)
+    np.testing.assert_allclose(rings[0][:, 1].max(), 1.2)  # top of the scene, in km
+
+
+def test_metric_rows_match_counts() -> None:
+    counts = {"tp": 6, "fp": 2, "fn": 2, "tn": 10}
+    rows = rs.metric_rows(counts, model="m", region="SC")
+    expected = metrics_from_counts(counts)
+    assert dict(zip(rows["metric"], rows["value"], strict=True)) == {
+        name: expected[name] for name in rs.METRICS}
+    assert set(rows["region"]) == {"SC"}
+
+
+# --------------------------------------------------------------------------- Everest: no files
+
+
+@pytest.mark.parametrize("split", rs.SPLITS)
+def test_split_parts_disjoint_with_gap(split: str) -> None:
+    shape = (655, 800)
+    parts = rs.split_parts(shape, split, gap=64, val_size=128)
+    masks = {}
+    for name, (rows, cols) in parts.items():
+        mask = np.zeros(shape, bool)
+        mask[rows, cols] = True
+        masks[name] = mask
+    total = sum(mask.astype(int) for mask in masks.values())
+    assert total.max() == 1  # no pixel in two parts
+    assert masks["val"].sum() > 0 and masks["train"].sum() > 0 and masks["test"].sum() > 0
+    # at least one patch between any training/validation pixel and any held-out pixel
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_cdt(~masks["test"], metric="chessboard")
+    assert distance[masks["train"] | masks["val"]].min() > 64
+    assert masks["test"].sum() == (masks["train"] | masks["val"]).sum()
+
+
+def test_split_parts_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="split"):
+        rs.split_parts((100, 100), "up-down", 10, 10)
+    with pytest.raises(ValueError, match="too small"):
+        rs.split_parts((100, 100), "west-east", 100, 10)
+    with pytest.raises(ValueError, match="at least one patch"):
+        rs.EverestSettings(preset="tiny", gap=32)
+
+
+def test_everest_settings_follow_profile() -> None:
+    smoke, quick = load_profile("smoke"), load_profile("quick")
+    assert rs.everest_settings(smoke).preset == "tiny"
+    assert rs.everest_settings(quick).preset == "small"
+    assert rs.everest_settings(quick).epochs == quick.experiments["scene_epochs"]
+    assert rs.everest_settings(quick, seed=7).seed == 7
+
+
+def test_threshold_baseline() -> None:
+    rgb = np.array([[[255, 255, 255], [200, 200, 200], [250, 250, 110]]], np.uint8)
+    assert rs.threshold_baseline(rgb).tolist() == [[True, False, True]]
+
+
+def test_everest_norm_stats_turn_dn_into_features() -> None:
+    stats = rs.everest_norm_stats()
+    dn = np.array([[[10, 20, 30, 255, 0, 0]]], np.float32)
+    np.testing.assert_allclose(stats.normalise("optical", dn)[0, 0],
+                               [10 / 255, 20 / 255, 30 / 255, 1.0, 0.0, 0.0], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- Everest: real files
+
+
+def test_load_everest_band_mapping(everest: rs.EverestData) -> None:
+    assert everest.optical.shape == (655, 800, 6)
+    assert everest.optical.dtype == np.float32
+    assert everest.optical.min() >= 0.0 and everest.optical.max() <= 1.0
+    assert not everest.optical[..., 4:].any()  # SWIR zero-filled
+    # blue, green, red of the model are bands 3, 2, 1 of the RGB file
+    np.testing.assert_allclose(everest.optical[..., 2] * 255, everest.rgb_dn[..., 0])
+    np.testing.assert_allclose(everest.optical[..., 0] * 255, everest.rgb_dn[..., 2])
+    assert everest.glacier.mean() == pytest.approx(0.5397, abs=1e-4)  # README: 53.97 %
+
+
+def test_threshold_baseline_matches_readme(everest: rs.EverestData) -> None:
+    from glacier_mapping.evaluation import confusion_counts
+
+    counts = confusion_counts(rs.threshold_baseline(everest.rgb_dn).astype(int),
+                              everest.glacier.astype(int))
+    assert metrics_from_counts(counts)["iou"] == pytest.approx(0.54, abs=0.01)
+
+
+def test_everest_tiles_feed_the_patch_pipeline(everest: rs.EverestData) -> None:
+    from glacier_mapping.data.patches import make_patch_dataset
+
+    parts = rs.split_parts(everest.shape, "west-east", 64, 128)
+    tile = rs.everest_tile(everest, parts["val"], "EVEREST-1-0", 64)
+    assert tile.original_shape == (128, 368)
+    west, east, south, north = tile.bounds
+    assert 86.7 < west < east < 87.1 and 27.9 < south < north < 28.11
+    inputs, targets = next(iter(make_patch_dataset([tile], ["optical"], 64, 2, mode="sequential",
+                                                   augment=False)))
+    assert inputs["optical"].shape == (2, 64, 64, 6)
+    assert targets["output"].shape == (2, 64, 64, 2)
+
+
+def test_evaluate_everest_and_verdict(everest: rs.EverestData) -> None:
+    settings = rs.EverestSettings(preset="tiny")
+    window = rs.split_parts(everest.shape, settings.split, settings.gap, settings.val_size)["test"]
+    perfect = everest.glacier[window].astype(np.float32)
+    result = rs.evaluate_everest(everest, settings, perfect)
+    table = result.table()
+    assert table.loc["glavitu", "iou"] == 1.0
+    assert 0.0 < table.loc["threshold", "iou"] < 1.0
+    assert "meets the target" in rs.everest_verdict(result)
+    tidy = result.tidy(region=rs.EVEREST_REGION)
+    assert set(tidy["model"]) == {"glavitu", "threshold"}
+    assert set(tidy["metric"]) == set(rs.METRICS)
+    empty = rs.evaluate_everest(everest, settings, np.zeros_like(perfect))
+    assert "does not meet" in rs.everest_verdict(empty)
+    with pytest.raises(ValueError, match="held-out"):
+        rs.evaluate_everest(everest, settings, perfect[:10])
