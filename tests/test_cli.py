@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import SHARED
 
+from conftest import SHARED
 from glacier_mapping.cli import build_parser, main
 
 REFERENCE = SHARED / "reference" / "glavitu_p64_weights.h5"
