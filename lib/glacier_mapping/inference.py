@@ -348,8 +348,14 @@ def _compiled(model: keras.Model) -> Callable[..., Any]:
     function = _COMPILED.get(model)
     if function is None:
         model_ref = weakref.ref(model)  # a strong reference would keep the cache entry alive
+        # One trace per model: the batch dimension is left open, so the last, smaller batch of
+        # a scene does not retrace (each trace costs seconds).
+        signature = {
+            name: tf.TensorSpec((None, *tensor.shape[1:]), tf.float32)
+            for name, tensor in model.input.items()
+        } if isinstance(model.input, dict) else None
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=None if signature is None else [signature])
         def function(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
             outputs = model_ref()(inputs, training=False)
             if not isinstance(outputs, dict) or OUTPUT_HEAD not in outputs:

@@ -290,6 +290,8 @@ def _publish(context: Context, spec: ExperimentSpec, artifact: Artifact) -> None
     target = context.output_dir / "models" / spec.name
     target.mkdir(parents=True, exist_ok=True)
     for name in ("model.keras", "model_card.json", "history.csv", "norm_stats.json"):
+        if not artifact.file(name).is_file():  # artifacts of older versions lack some files
+            continue
         tmp = target / f".{name}.tmp"
         shutil.copyfile(artifact.file(name), tmp)
         tmp.replace(target / name)

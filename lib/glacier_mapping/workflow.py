@@ -64,9 +64,12 @@ class Context:
 
 
 def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ and oneDNN start-up logs (call before importing it)."""
+    """Silence TensorFlow's C++ and oneDNN start-up logs and its Python logger below errors."""
+    import logging
+
     for key, value in _QUIET.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def data_fingerprint(files: BenchmarkFiles) -> str:
