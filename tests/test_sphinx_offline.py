@@ -21,3 +21,13 @@ def test_cdn_urls_become_local_files(tmp_path):
                 "../_static/offline/panel/css/loading.css"):
         assert url in text
         assert (page.parent / url).resolve().stat().st_size > 0
+
+
+def test_mathjax_is_served_with_its_fonts(tmp_path):
+    page = tmp_path / "intro.html"
+    page.write_text('<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js">'
+                    "</script>")
+    localise_assets(tmp_path)
+    assert "_static/offline/mathjax/tex-mml-chtml.js" in page.read_text()
+    fonts = tmp_path / "_static" / "offline" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2"
+    assert len(list(fonts.glob("*.woff"))) > 10

@@ -1,10 +1,12 @@
-"""Sphinx extension: serve BokehJS and Panel from the book itself so figures draw offline.
+"""Sphinx extension: serve BokehJS, Panel and MathJax from the book itself (works offline).
 
-HoloViews/hvplot outputs load BokehJS and Panel from public CDNs, so a book read without network
-shows blank figures. After the HTML is written, this extension copies exactly the assets the
-pages reference from the installed ``bokeh`` and ``panel`` packages into ``_static/offline/``
-and rewrites the CDN addresses in every page to those local copies (versions match by
-construction, since the outputs were produced by the same packages).
+HoloViews/hvplot outputs load BokehJS and Panel from public CDNs, and Sphinx loads MathJax from
+one, so a book read without network shows blank figures and raw formulas. After the HTML is
+written, this extension copies exactly the assets the pages reference from the installed
+``bokeh``, ``panel`` and ``mathjax`` (PyPI ``django-static-mathjax``, files only) packages into
+``_static/offline/`` and rewrites the CDN addresses in every page to those local copies
+(versions of BokehJS and Panel match by construction: the outputs were made with the same
+packages).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from sphinx.util import logging
 
 _BOKEH = re.compile(r"https://cdn\.bokeh\.org/bokeh/(?:release|dev)/([a-z-]+?)-(\d[\w.]*?)(\.min\.js|\.js)")
+_MATHJAX = re.compile(r"https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/tex-mml-chtml\.js")
 _PANEL = re.compile(r"https://cdn\.holoviz\.org/panel/(\d[\w.]*)/dist/([^\"'\s?)\\]+)(\?[^\"'\s)\\]*)?")
 
 
@@ -52,7 +55,7 @@ def localise_assets(html_dir: Path) -> dict[str, int]:
 
     for page in html_dir.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
-        if "cdn.bokeh.org" not in text and "cdn.holoviz.org" not in text:
+        if not any(host in text for host in ("cdn.bokeh.org", "cdn.holoviz.org", "mathjax@3")):
             continue
         prefix = os.path.relpath(static, page.parent).replace(os.sep, "/")
 
@@ -66,7 +69,16 @@ def localise_assets(html_dir: Path) -> dict[str, int]:
             place(panel_dist / path, static / "panel" / path)
             return f"{prefix}/panel/{path}"
 
-        new = _PANEL.sub(panel_url, _BOKEH.sub(bokeh_url, text))
+        def mathjax_url(match: re.Match[str], prefix: str = prefix) -> str:
+            es5 = _package_dir("mathjax") / "static" / "mathjax" / "es5"
+            place(es5 / "tex-mml-chtml.js", static / "mathjax" / "tex-mml-chtml.js")
+            fonts = es5 / "output" / "chtml" / "fonts" / "woff-v2"
+            for font in fonts.glob("*.woff"):  # loaded relative to the script
+                place(font, static / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2" /
+                      font.name)
+            return f"{prefix}/mathjax/tex-mml-chtml.js"
+
+        new = _MATHJAX.sub(mathjax_url, _PANEL.sub(panel_url, _BOKEH.sub(bokeh_url, text)))
         if new != text:
             page.write_text(new, encoding="utf-8")
             pages += 1
