@@ -77,10 +77,22 @@ def stage_book(repo: Path, output_dir: Path, staging: Path, profile: str) -> Pat
             shutil.copy2(source, staging / name)
     (staging / "notebooks").mkdir()
     for stem in wanted:
-        shutil.copy2(executed / f"{stem}.ipynb", staging / "notebooks")
+        _collapse_parameter_cells(executed / f"{stem}.ipynb", staging / "notebooks")
     (staging / "book" / "results.md").write_text(results_at_a_glance(output_dir, profile))
     (staging / "book" / "build_info.md").write_text(build_information(output_dir))
     return staging
+
+
+def _collapse_parameter_cells(source: Path, target_dir: Path) -> None:
+    """Copy an executed notebook, folding its parameter cells behind a toggle in the book."""
+    import nbformat
+
+    notebook = nbformat.read(source, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "hide-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-cell"]
+    nbformat.write(notebook, target_dir / source.name)
 
 
 def build_book(
