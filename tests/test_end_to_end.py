@@ -37,3 +37,18 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
         assert not any(c.outputs for c in code), f"{path.name} has outputs"
         assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell"
         assert nb.metadata.get("kernelspec", {}).get("name") == "python3", path.name
+
+
+def test_executed_notebooks_are_free_of_warnings_and_log_spam(smoke_book):
+    import nbformat
+
+    noisy = []
+    for path in sorted((SMOKE_OUTPUTS / "smoke" / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            for output in cell.get("outputs", []):
+                text = output.get("text", "") if output.get("output_type") == "stream" else ""
+                if output.get("name") == "stderr" or "WARNING" in text or "Warning" in text:
+                    noisy.append(f"{path.name} cell {index}: {text[:120]!r}")
+                if text.count("\r") > 5:  # a progress bar dumped line by line
+                    noisy.append(f"{path.name} cell {index}: progress bar in output")
+    assert noisy == []
