@@ -92,14 +92,16 @@ def results_at_a_glance(output_dir: str | Path, profile: str) -> str:
     if headline.empty:
         lines.append("No metrics were written by this run.")
     else:
-        keys = ["chapter", "experiment", "model", "strategy", "sensors", "split", "metric"]
+        keys = ["chapter", "experiment", "model", "preset", "strategy", "sensors", "split",
+                "metric"]
         table = (
             headline.groupby(keys, dropna=False)["value"]
             .agg(["mean", "std", "count"]).reset_index()
         )
         lines += [
-            "| Chapter | Experiment | Model | Strategy | Sensors | Split | Metric | Value | Runs |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| Chapter | Experiment | Model | Preset | Strategy | Sensors | Split | Metric | Value "
+            "| Runs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in table.itertuples(index=False):
             value = _format(row.mean)
@@ -107,7 +109,7 @@ def results_at_a_glance(output_dir: str | Path, profile: str) -> str:
                 value += f" ± {row.std:.3f}"
             lines.append(
                 f"| {{doc}}`/notebooks/{row.chapter}` | {row.experiment} | {row.model} | "
-                f"{row.strategy} | "
+                f"{row.preset} | {row.strategy} | "
                 f"{row.sensors} | {row.split} | {row.metric} | {value} | {row.count} |"
             )
     return "\n".join(lines) + "\n"
