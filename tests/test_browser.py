@@ -92,12 +92,15 @@ def check_book(html: Path, screenshots: Path | None = None) -> dict[str, list[st
                 page.on("response", lambda r, f=found: f.append(f"HTTP {r.status}: {r.url}")
                         if r.status >= 400 else None)
                 page.goto(base + relative, wait_until="networkidle")
+                if page.locator(".hv-jupyter-exc").count():
+                    found.append("a HoloViews figure failed to render (exception shown)")
                 roots = page.locator(".bk-root, [data-root-id]").count()
                 if roots:
                     page.wait_for_timeout(1500)
                     canvases = page.evaluate(COUNT_CANVASES)
-                    if canvases == 0:
-                        found.append(f"{roots} Bokeh figure root(s) but no canvas drawn")
+                    figures = page.content().count('"name":"Figure"')
+                    if figures and canvases == 0:
+                        found.append(f"{figures} Bokeh figure(s) but no canvas drawn")
                 for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)"):
                     target = urlparse(urljoin(base + relative, href))
                     if target.hostname == "127.0.0.1":

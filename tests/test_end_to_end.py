@@ -49,6 +49,9 @@ def test_executed_notebooks_are_free_of_warnings_and_log_spam(smoke_book):
                 text = output.get("text", "") if output.get("output_type") == "stream" else ""
                 if output.get("name") == "stderr" or "WARNING" in text or "Warning" in text:
                     noisy.append(f"{path.name} cell {index}: {text[:120]!r}")
+                html = output.get("data", {}).get("text/html", "")
+                if "hv-jupyter-exc" in html:  # HoloViews shows a figure's exception as HTML
+                    noisy.append(f"{path.name} cell {index}: a figure failed to render")
                 if text.count("\r") > 5:  # a progress bar dumped line by line
                     noisy.append(f"{path.name} cell {index}: progress bar in output")
     assert noisy == []

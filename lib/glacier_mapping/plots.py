@@ -12,6 +12,7 @@ from pathlib import Path
 import holoviews as hv
 import numpy as np
 import pandas as pd
+from bokeh.models import FixedTicker
 
 MAX_PIXELS = 160
 WIDTH, HEIGHT = 330, 300
@@ -91,8 +92,8 @@ def error_map(
                     vdims=["class (0 TN, 1 TP, 2 FP, 3 FN)"]).opts(
         title=title, cmap=[ERROR_COLOURS[n] for n in names], clim=(-0.5, 3.5), colorbar=True,
         width=WIDTH, height=HEIGHT, xlabel="x (km)", ylabel="y (km)",
-        colorbar_opts={"major_label_overrides": dict(enumerate(names)), "ticker": {
-            "desired_num_ticks": 4}},
+        colorbar_opts={"major_label_overrides": dict(enumerate(names)),
+                       "ticker": FixedTicker(ticks=[0, 1, 2, 3])},
         clipping_colors={"NaN": "white"},
     )
 
