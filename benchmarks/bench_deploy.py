@@ -1,0 +1,166 @@
+"""Figure 4: ``deploy_scene`` time and peak memory for scenes of 1x, 4x and 16x area.
+
+Each deployment runs in a fresh child process (this script with ``--child``) on synthetic
+GeoTIFFs (optical 6 bands + DEM; slope derived), with a small-preset GlaViTU (64 px, random
+weights: time does not depend on the weights, the polygon count does). The child reports its
+RSS high-water mark as ``VmHWM`` of ``/proc/self/status`` and its RSS after imports; the parent
+also samples the child's RSS with psutil as a cross-check. ``ru_maxrss`` (``RUSAGE_SELF`` in
+the child, ``RUSAGE_CHILDREN`` in the parent) is not used: on Linux it keeps the parent's RSS
+at fork across ``exec``, so it would grow with this script's own memory. Larger scenes are
+mirror-tiled from one synthetic scene, so the terrain stays continuous.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+from common import Row
+
+PATCH = 64
+PRESET = "small"
+
+
+def write_scene(folder: Path, base: dict[str, np.ndarray], transform: object, crs: str,
+                size: int) -> dict[str, Path]:
+    """Mirror-tile the base arrays to ``size x size`` and write optical and DEM GeoTIFFs."""
+    import rasterio
+
+    paths = {}
+    for name, bands in (("optical", base["optical"]), ("dem", base["dem"][..., :1])):
+        reps = -(-size // bands.shape[0])
+        tiled = np.pad(bands, ((0, bands.shape[0] * (reps - 1)),) * 2 + ((0, 0),),
+                       mode="symmetric")[:size, :size]
+        data = np.moveaxis(tiled, -1, 0).astype(np.float32)
+        path = folder / f"{name}_{size}.tif"
+        with rasterio.open(path, "w", driver="GTiff", height=size, width=size,
+                           count=data.shape[0], dtype="float32", crs=crs, transform=transform,
+                           tiled=True, blockxsize=256, blockysize=256) as dataset:
+            dataset.write(data)
+        paths[name] = path
+    return paths
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return float(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
+
+
+def child(model: str, optical: str, dem: str, out_dir: str) -> None:
+    """Run one deployment and print its measurements as JSON (the last line of stdout)."""
+    import tensorflow  # noqa: F401 - import cost is part of the baseline, not of the scene
+
+    from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
+    from glacier_mapping.deploy import deploy_scene
+
+    baseline = proc_status_mb("VmRSS")
+    start = time.perf_counter()
+    with SceneSource(optical, OPTICAL_BANDS, dem=dem) as source:
+        summary = deploy_scene(source, model, out_dir, progress=False)
+    wall = time.perf_counter() - start
+    peak = proc_status_mb("VmHWM")
+    print(json.dumps({"seconds": summary.seconds, "wall": wall, "peak_mb": peak,
+                      "baseline_mb": baseline, "windows": summary.pixels["windows"],
+                      "polygons": summary.polygon_count}))
+
+
+def run_child(args: list[str]) -> tuple[dict, float]:
+    """Run a child deployment; return its JSON and the psutil-sampled peak RSS (MB)."""
+    import psutil
+
+    process = subprocess.Popen([sys.executable, __file__, "--child", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched = psutil.Process(process.pid)
+    sampled = 0.0
+    while process.poll() is None:
+        try:
+            sampled = max(sampled, watched.memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    out, err = process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"deployment child failed:\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1]), sampled
+
+
+def run(quick: bool) -> list[Row]:
+    import keras
+
+    from glacier_mapping.data.regions import get_region
+    from glacier_mapping.data.synthetic import generate_scene
+    from glacier_mapping.models import build_model
+
+    sizes = (128, 256, 512) if quick else (512, 1024, 2048)
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
+        folder = Path(tmp)
+        keras.utils.set_random_seed(0)
+        model_path = folder / "model.keras"
+        build_model("glavitu", common.SENSORS, PATCH, PRESET).save(model_path)
+        region = get_region("ALP")
+        scene = generate_scene(region, sizes[0], 0, region.year)
+        method = (f"deploy_scene, {PRESET} GlaViTU {PATCH} px, stride {PATCH // 2}, batch 8, "
+                  "synthetic optical + DEM GeoTIFFs; one run per scene in a fresh child "
+                  "process (includes model load and one trace)")
+        for size in sizes:
+            paths = write_scene(folder, scene.features, scene.transform, scene.crs, size)
+            result, sampled = run_child([str(model_path), str(paths["optical"]),
+                                         str(paths["dem"]), str(folder / f"out_{size}")])
+            results[size] = result
+            megapixels = size * size / 1e6
+            case = f"{size}x{size} ({(size // sizes[0]) ** 2}x area)"
+            seconds = result["seconds"]
+            parts = ("predict", "write", "vectorise")
+            split = "deploy_scene's own split of deploy_seconds (summary.json 'seconds')"
+            rows += [
+                Row("deploy", case, "deploy_seconds", seconds["total"], "s", method),
+                *(Row("deploy", case, f"{part}_seconds", seconds[part], "s", split)
+                  for part in parts),
+                Row("deploy", case, "setup_seconds",
+                    seconds["total"] - sum(seconds[part] for part in parts), "s",
+                    "deploy_seconds minus predict, write and vectorise (model load, checks)"),
+                Row("deploy", case, "seconds_per_megapixel", seconds["total"] / megapixels,
+                    "s/MP", method),
+                Row("deploy", case, "windows", result["windows"], "count", method),
+                Row("deploy", case, "polygons", result["polygons"], "count", method),
+                Row("deploy", case, "peak_rss_mb", result["peak_mb"], "MB",
+                    "child's VmHWM (RSS high-water mark) after deploy_scene"),
+                Row("deploy", case, "rss_after_imports_mb", result["baseline_mb"], "MB",
+                    "child's VmRSS after importing TensorFlow and the library"),
+                Row("deploy", case, "psutil_sampled_peak_rss_mb", sampled, "MB",
+                    "parent samples the child's RSS every 50 ms (whole child process)"),
+            ]
+    small, large = results[sizes[0]], results[sizes[-1]]
+    middle = results[sizes[1]]
+    extra = (large["peak_mb"] - large["baseline_mb"]) / max(
+        small["peak_mb"] - small["baseline_mb"], 1e-9)
+    marginal = (large["seconds"]["total"] - middle["seconds"]["total"]) / (
+        (sizes[-1] ** 2 - sizes[1] ** 2) / 1e6)
+    summary = f"{sizes[-1]} vs {sizes[0]}"
+    rows += [
+        Row("deploy", summary, "peak_rss_ratio_16x_1x", large["peak_mb"] / small["peak_mb"],
+            "ratio", "peak_rss_mb of the 16x scene / the 1x scene"),
+        Row("deploy", summary, "rss_growth_ratio_16x_1x", extra, "ratio",
+            "(peak - after-imports RSS) of the 16x scene / the same of the 1x scene"),
+        Row("deploy", f"{sizes[-1]} vs {sizes[1]}", "marginal_seconds_per_megapixel", marginal,
+            "s/MP", "(deploy_seconds 16x - 4x) / (area 16x - 4x): fixed costs cancel"),
+    ]
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        child(*sys.argv[2:])
+    else:
+        args = common.parse_args(__doc__.splitlines()[0])
+        common.finish("deploy", run(args.quick), args.out)

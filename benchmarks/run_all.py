@@ -1,0 +1,162 @@
+"""Run every benchmark script and write ``outputs/benchmarks/results.csv`` and ``report.md``.
+
+Each script runs in its own process (a fresh TensorFlow, no shared compiled functions) under
+a share of a 570 s budget, so the whole run stays under 10 minutes on a 2-core CPU; a script
+that runs out of time or fails leaves a row saying so and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import common
+from common import OUT_DIR, PARTS_DIR, Row
+
+HERE = Path(__file__).resolve().parent
+BUDGET_SECONDS = 570.0
+#: (script stem, benchmark name, own time limit in seconds), cheapest first.
+SCRIPTS: tuple[tuple[str, str, float], ...] = (
+    ("bench_notebooks", "notebooks", 30.0),
+    ("bench_inference", "inference", 180.0),
+    ("bench_flops", "flops", 150.0),
+    ("bench_uncertainty", "uncertainty", 90.0),
+    ("bench_training", "training", 240.0),
+    ("bench_deploy", "deploy", 240.0),
+)
+TITLES = {
+    "inference": "1. GlaViTU inference throughput (predict_array)",
+    "training": "2. Training and data-pipeline throughput",
+    "flops": "3. Achieved GFLOP/s of paper-size inference vs. a float32 matmul",
+    "deploy": "4. Scene deployment time and peak memory",
+    "uncertainty": "5. Cost of 8-fold TTA and MC dropout",
+    "notebooks": "6. Quick-book notebook times (run manifest)",
+}
+
+
+def run_script(stem: str, name: str, limit: float, quick: bool) -> tuple[list[Row], float]:
+    """Run one benchmark script; return its rows (or a failure row) and its wall seconds."""
+    out = PARTS_DIR / f"{name}.csv"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(HERE / f"{stem}.py"), "--out", str(out)]
+    if quick:
+        command.append("--quick")
+    print(f"== {stem} (limit {limit:.0f} s)", flush=True)
+    start = time.perf_counter()
+    try:
+        completed = subprocess.run(command, cwd=HERE, timeout=limit, text=True,
+                                   stdout=sys.stdout, stderr=subprocess.PIPE)
+        error = completed.stderr[-1500:] if completed.returncode else ""
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {limit:.0f} s"
+    seconds = time.perf_counter() - start
+    if error or not out.is_file():
+        print(f"!! {stem} failed: {error}", file=sys.stderr)
+        reason = error.strip().splitlines()[-1] if error.strip() else "no output"
+        return [Row(name, "(all)", "failed", math.nan, "", f"not available: {reason}")], seconds
+    with out.open() as handle:
+        rows = [Row(**{**record, "value": float(record["value"])})
+                for record in csv.DictReader(handle)]
+    return rows, seconds
+
+
+def derived(rows: list[Row]) -> list[Row]:
+    """Achieved GFLOP/s through predict_array: FLOPs per window x paper windows/s."""
+    values = {(r.benchmark, r.case, r.metric): r.value for r in rows}
+    flops = values.get(("flops", "paper 384px", "analytic_gflop_per_window"))
+    rate = values.get(("inference", "paper 384px", "windows_per_s"))
+    peak = values.get(("flops", "matmul 2048", "matmul_gflop_per_s"))
+    if flops is None or rate is None:
+        return []
+    achieved = flops * rate
+    method = "analytic_gflop_per_window x inference windows_per_s (paper 384px, predict_array)"
+    result = [Row("flops", "paper 384px via predict_array", "achieved_gflop_per_s", achieved,
+                  "GFLOP/s", method)]
+    if peak:
+        result.append(Row("flops", "paper 384px via predict_array", "achieved_to_matmul_ratio",
+                          achieved / peak, "ratio", f"{method} / matmul_gflop_per_s"))
+    return result
+
+
+def fmt(value: float) -> str:
+    """A short number for the report."""
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def write_report(rows: list[Row], path: Path, meta: dict[str, str]) -> None:
+    """A markdown table per benchmark, each figure with its method."""
+    lines = ["# Benchmarks", ""]
+    lines += [f"- **{key}**: {value}" for key, value in meta.items()]
+    lines += ["", "Timings come from a 2-core CPU that may be shared; treat them as noisy "
+              "(load averages above). Every timing states its warm-up and repetitions.", ""]
+    for name in TITLES:
+        selected = [r for r in rows if r.benchmark == name]
+        if not selected:
+            continue
+        methods = list(dict.fromkeys(r.method for r in selected))
+        lines += [f"## {TITLES[name]}", "", "| case | metric | value | unit | method |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r.case} | {r.metric} | {fmt(r.value)} | {r.unit} | "
+                  f"[{methods.index(r.method) + 1}] |" for r in selected]
+        lines += ["", "Methods:", ""]
+        lines += [f"{index}. {method}" for index, method in enumerate(methods, start=1)]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smallest sizes (a smoke run)")
+    parser.add_argument("--only", nargs="*", help="benchmark names to run (default all)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    rows, seconds = [], {}
+    for stem, name, limit in SCRIPTS:
+        if args.only and name not in args.only:
+            continue
+        remaining = BUDGET_SECONDS - (time.perf_counter() - start)
+        if remaining < 10:
+            rows.append(Row(name, "(all)", "skipped", math.nan, "",
+                            "not available: the 570 s budget of run_all.py was used up"))
+            continue
+        part, seconds[name] = run_script(stem, name, min(limit, remaining), args.quick)
+        rows += part
+    rows += derived(rows)
+    total = time.perf_counter() - start
+    rows += [Row("run_all", name, "script_seconds", value, "s", "wall time of the script")
+             for name, value in seconds.items()]
+    rows.append(Row("run_all", "total", "runtime_seconds", total, "s",
+                    "wall time of run_all.py"))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    common.write_rows(rows, OUT_DIR / "results.csv")
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "load average (1/5/15 min) before / after": (
+            f"{'/'.join(f'{v:.1f}' for v in load_before)} / "
+            f"{'/'.join(f'{v:.1f}' for v in os.getloadavg())}"),
+        "software": (f"Python {platform.python_version()}, "
+                     f"tensorflow-cpu {metadata.version('tensorflow-cpu')}"),
+        "environment": (f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, "
+                        f"TF_CPP_MIN_LOG_LEVEL={os.environ.get('TF_CPP_MIN_LOG_LEVEL')}"),
+        "mode": "quick (smoke sizes)" if args.quick else "default",
+        "run_all.py runtime": f"{total:.0f} s "
+                              f"({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})",
+    }
+    write_report(rows, OUT_DIR / "report.md", meta)
+    print(f"wrote {OUT_DIR / 'results.csv'} and {OUT_DIR / 'report.md'} in {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
