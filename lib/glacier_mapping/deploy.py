@@ -59,6 +59,8 @@ POLYGON_LAYER = "glaciers"
 CLASS_NODATA = 255
 MODEL_CARD = "model_card.json"
 NORM_STATS_FILE = "norm_stats.json"
+#: GDAL block cache while deploying (MB); GDAL's default (5 % of RAM) grows with the scene.
+GDAL_CACHE_MB = 64
 #: Command-line flag that supplies each sensor.
 SENSOR_FLAGS: dict[str, str] = {
     "optical": "--optical", "dem": "--dem", "co_pol_sar": "--co-pol",
@@ -376,97 +378,100 @@ def deploy_scene(
         DeploymentError: for a bad parameter, model, sensor mismatch or output directory.
         SceneError: for a scene smaller than one window or without valid pixels.
     """
-    started = time.perf_counter()
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    if batch_size < 1 or mc_passes < 0 or vector_strip_rows < 1:
-        raise DeploymentError(
-            f"batch_size (>= 1), mc_passes (>= 0) and vector_strip_rows (>= 1) are out of "
-            f"range: {batch_size}, {mc_passes}, {vector_strip_rows}."
-        )
-    _check_out_dir(out_dir)
-    model = _load_model(model_path)
-    card = _model_card(model_path)
-    info = _model_info(model, card, patch_size, model_path)
-    missing = [sensor for sensor in info.sensors if sensor not in source.sensors]
-    if missing:
-        flags = ", ".join(f"{SENSOR_FLAGS[s]} FILE" for s in missing)
-        raise DeploymentError(
-            f"The model needs the {missing} input(s) but the scene lacks them; pass {flags}."
-        )
-    region_vector_path = None if region_vector_path is None else Path(region_vector_path)
-    mode = _location_mode(info, region_vector_path, coordinates)
-    region_vector = None
-    if mode == "region":
-        from glacier_mapping.adaptation import load_region_vector
+    # GDAL's block cache defaults to 5 % of RAM and would grow with the scene; cap it so
+    # peak memory stays flat in scene size.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        started = time.perf_counter()
+        model_path, out_dir = Path(model_path), Path(out_dir)
+        if batch_size < 1 or mc_passes < 0 or vector_strip_rows < 1:
+            raise DeploymentError(
+                f"batch_size (>= 1), mc_passes (>= 0) and vector_strip_rows (>= 1) are out of "
+                f"range: {batch_size}, {mc_passes}, {vector_strip_rows}."
+            )
+        _check_out_dir(out_dir)
+        model = _load_model(model_path)
+        card = _model_card(model_path)
+        info = _model_info(model, card, patch_size, model_path)
+        missing = [sensor for sensor in info.sensors if sensor not in source.sensors]
+        if missing:
+            flags = ", ".join(f"{SENSOR_FLAGS[s]} FILE" for s in missing)
+            raise DeploymentError(
+                f"The model needs the {missing} input(s) but the scene lacks them; pass {flags}."
+            )
+        region_vector_path = None if region_vector_path is None else Path(region_vector_path)
+        mode = _location_mode(info, region_vector_path, coordinates)
+        region_vector = None
+        if mode == "region":
+            from glacier_mapping.adaptation import load_region_vector
 
-        region_vector = load_region_vector(region_vector_path).astype(np.float32)
-    if isinstance(norm_stats, NormStats):
-        stats = norm_stats
-    elif norm_stats is not None:
-        stats = _stats_file(Path(norm_stats))
-    else:
-        stats = _stats_from_card(model_path, card)
-    calibrator = None if calibrator_path is None else load_calibrator(calibrator_path)
-    size = info.patch_size
-    stride = max(size // 2, 1) if stride is None else stride
-    if not 1 <= stride <= size:
-        raise DeploymentError(f"stride must be in [1, {size}] (the patch size), got {stride}.")
-    height, width = source.shape
-    if height < size or width < size:
-        raise SceneError(
-            f"Scene {source.name!r} is {height} x {width} pixels, smaller than one {size} x "
-            f"{size} window; the minimum scene size for this model is {size} x {size}."
-        )
-    source.check_not_empty(info.sensors)
+            region_vector = load_region_vector(region_vector_path).astype(np.float32)
+        if isinstance(norm_stats, NormStats):
+            stats = norm_stats
+        elif norm_stats is not None:
+            stats = _stats_file(Path(norm_stats))
+        else:
+            stats = _stats_from_card(model_path, card)
+        calibrator = None if calibrator_path is None else load_calibrator(calibrator_path)
+        size = info.patch_size
+        stride = max(size // 2, 1) if stride is None else stride
+        if not 1 <= stride <= size:
+            raise DeploymentError(f"stride must be in [1, {size}] (the patch size), got {stride}.")
+        height, width = source.shape
+        if height < size or width < size:
+            raise SceneError(
+                f"Scene {source.name!r} is {height} x {width} pixels, smaller than one {size} x "
+                f"{size} window; the minimum scene size for this model is {size} x {size}."
+            )
+        source.check_not_empty(info.sensors)
 
-    paths = {name: out_dir / name for name in (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE,
-                                                 SUMMARY_FILE)}
-    totals = _predict_and_write(
-        source, model, info, stats, calibrator, stride, batch_size, tta, mc_passes, mode,
-        region_vector, paths, progress,
-    )
-    counts = totals.pop("counts")
-    estimated = estimate_iou(counts) if calibrator is not None else None
-    if estimated is not None and math.isnan(estimated):
-        estimated = None
-    vector_start = time.perf_counter()
-    polygon_count = _write_polygons(
-        _vectorise(paths[CLASS_FILE], paths[CONFIDENCE_FILE], vector_strip_rows), source,
-        estimated, paths[POLYGON_FILE],
-    )
-    seconds = dict(totals.pop("seconds"))
-    seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
-    seconds["total"] = round(time.perf_counter() - started, 3)
-    notes = []
-    if calibrator is None:
-        notes.append("No calibrator: confidence.tif is uncalibrated and no IoU is estimated; "
-                     "pass --calibrator JSON.")
-        logger.warning(notes[-1])
-    summary = DeploymentSummary(
-        scene=source.name, date=source.date, out_dir=str(out_dir),
-        outputs={name: str(path) for name, path in paths.items()},
-        inputs=source.inputs(), alignment=source.alignment,
-        grid={"crs": source.grid.crs.to_string(), "transform": list(source.grid.transform)[:6],
-              "height": height, "width": width},
-        model={"path": str(model_path), "sha256": file_digest(model_path),
-               "sensors": list(info.sensors), "patch_size": size, "location": mode,
-               "norm_stats": stats.source},
-        calibrator=None if calibrator_path is None else str(calibrator_path),
-        region_vector=None if region_vector_path is None else str(region_vector_path),
-        parameters={"tta": tta, "mc_passes": mc_passes, "stride": stride,
-                    "batch_size": batch_size, "raster_format": totals.pop("format")},
-        pixels={"total": height * width, "valid": totals["valid"],
-                "glacier": totals["glacier"], "windows": totals["windows"]},
-        glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
-        estimated_iou=estimated,
-        mean_confidence=(totals["confidence_sum"] / totals["valid"]
-                         if totals["valid"] else None),
-        seconds=seconds,
-        peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        notes=notes,
-    )
-    atomic_write_json(paths[SUMMARY_FILE], summary.to_json())
-    return summary
+        paths = {name: out_dir / name for name in (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE,
+                                                     SUMMARY_FILE)}
+        totals = _predict_and_write(
+            source, model, info, stats, calibrator, stride, batch_size, tta, mc_passes, mode,
+            region_vector, paths, progress,
+        )
+        counts = totals.pop("counts")
+        estimated = estimate_iou(counts) if calibrator is not None else None
+        if estimated is not None and math.isnan(estimated):
+            estimated = None
+        vector_start = time.perf_counter()
+        polygon_count = _write_polygons(
+            _vectorise(paths[CLASS_FILE], paths[CONFIDENCE_FILE], vector_strip_rows), source,
+            estimated, paths[POLYGON_FILE],
+        )
+        seconds = dict(totals.pop("seconds"))
+        seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
+        seconds["total"] = round(time.perf_counter() - started, 3)
+        notes = []
+        if calibrator is None:
+            notes.append("No calibrator: confidence.tif is uncalibrated and no IoU is estimated; "
+                         "pass --calibrator JSON.")
+            logger.warning(notes[-1])
+        summary = DeploymentSummary(
+            scene=source.name, date=source.date, out_dir=str(out_dir),
+            outputs={name: str(path) for name, path in paths.items()},
+            inputs=source.inputs(), alignment=source.alignment,
+            grid={"crs": source.grid.crs.to_string(), "transform": list(source.grid.transform)[:6],
+                  "height": height, "width": width},
+            model={"path": str(model_path), "sha256": file_digest(model_path),
+                   "sensors": list(info.sensors), "patch_size": size, "location": mode,
+                   "norm_stats": stats.source},
+            calibrator=None if calibrator_path is None else str(calibrator_path),
+            region_vector=None if region_vector_path is None else str(region_vector_path),
+            parameters={"tta": tta, "mc_passes": mc_passes, "stride": stride,
+                        "batch_size": batch_size, "raster_format": totals.pop("format")},
+            pixels={"total": height * width, "valid": totals["valid"],
+                    "glacier": totals["glacier"], "windows": totals["windows"]},
+            glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
+            estimated_iou=estimated,
+            mean_confidence=(totals["confidence_sum"] / totals["valid"]
+                             if totals["valid"] else None),
+            seconds=seconds,
+            peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+            notes=notes,
+        )
+        atomic_write_json(paths[SUMMARY_FILE], summary.to_json())
+        return summary
 
 
 def _predict_and_write(
