@@ -353,14 +353,9 @@ def _save_panels(names: Sequence[str], draw: Any, path: str | Path, suptitle: st
         draw(ax, name)
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from glacier_mapping.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def confidence_band(

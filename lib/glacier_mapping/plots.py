@@ -134,6 +134,13 @@ def save_static(figures: Sequence[tuple[np.ndarray, str]], path: str | Path, sup
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(suptitle, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: object, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
