@@ -1,4 +1,4 @@
-"""Command line: ``glacier-mapping run | build-book | import-weights | deploy``."""
+"""Command line: ``glacier-mapping run | build-book | import-weights | deploy | deploy-many``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 # TensorFlow's C++ start-up logs would otherwise flood the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_deploy_arguments(deploy)
     deploy.set_defaults(handler=deploy_from_args)
+
+    from glacier_mapping.deploy_many import add_deploy_many_arguments, deploy_many_from_args
+
+    many = commands.add_parser(
+        "deploy-many", help="deploy every scene of a CSV manifest on Dask (local or a cluster)"
+    )
+    add_deploy_many_arguments(many)
+    many.set_defaults(handler=deploy_many_from_args)
     return parser
 
 
