@@ -8,7 +8,6 @@ BIN := $(VENV)/bin
 # The environment is rebuilt when the dependency list changes (stamp keyed on pyproject.toml).
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 export TF_CPP_MIN_LOG_LEVEL := 3
-export TF_ENABLE_ONEDNN_OPTS := 0
 
 .PHONY: book run test lint benchmarks clean env
 

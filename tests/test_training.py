@@ -3,7 +3,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import json
 
@@ -17,6 +16,7 @@ from keras import layers
 from glacier_mapping.training import (
     CosineRestarts,
     FocalLoss,
+    FusedAdam,
     GlacierIoU,
     TrainConfig,
     finetune_config,
@@ -50,6 +50,32 @@ def dataset(count: int = 8, batch: int = 4) -> tf.data.Dataset:
 
 
 CONFIG = TrainConfig(epochs=3, steps_per_epoch=2, learning_rate=1e-2, restart_epochs=(1, 3))
+
+
+def _adam_steps(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
+    keras.utils.set_random_seed(3)
+    weights = [keras.Variable(np.linspace(-1.0, 1.0, 6).reshape(2, 3).astype("float32")),
+               keras.Variable(np.array([0.5, -0.25], "float32"))]
+    optimizer.build(weights)
+    rng = np.random.default_rng(5)
+
+    @tf.function
+    def step(grads: list[tf.Tensor]) -> None:
+        optimizer.apply_gradients(zip(grads, weights, strict=True))
+
+    for _ in range(4):
+        step([tf.constant(rng.normal(size=w.shape).astype("float32")) for w in weights])
+    return [w.numpy() for w in weights]
+
+
+def test_fused_adam_matches_keras_adam():
+    expected = _adam_steps(keras.optimizers.Adam(learning_rate=0.1))
+    fused = _adam_steps(FusedAdam(learning_rate=0.1))
+    for want, got in zip(expected, fused, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # steps are ~0.1
+    assert not np.allclose(expected[0], np.linspace(-1.0, 1.0, 6).reshape(2, 3))  # it moved
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedAdam(amsgrad=True)
 
 
 def test_focal_loss_by_hand_and_reduces_to_cross_entropy():

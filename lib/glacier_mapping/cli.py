@@ -10,7 +10,6 @@ from pathlib import Path
 
 # TensorFlow's C++ start-up logs would otherwise flood the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from glacier_mapping.distribute import DISTRIBUTE_CHOICES
+
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "paper")
 _TOP_LEVEL_KEYS = {
     "name", "description", "seed", "notebook_budget_minutes", "data", "model", "training",
@@ -117,6 +119,7 @@ def parse_profile(raw: Any, source: str = "<memory>") -> Profile:  # noqa: ANN40
     if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
         raise ProfileError(f"Profile {source}: notebook_budget_minutes must be a positive number.")
     _check_positive_ints(raw["training"], ("epochs", "steps_per_epoch", "batch_size"), source)
+    _check_distribute(raw["training"], source)
     _check_positive_ints(raw["model"], ("patch_size",), source)
     patch = raw["model"].get("patch_size")
     if patch is not None and patch % 16:
@@ -142,6 +145,15 @@ def _check_seed(seed: Any, source: object) -> int:  # noqa: ANN401
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ProfileError(f"Profile {source}: seed must be a non-negative integer, got {seed!r}.")
     return seed
+
+
+def _check_distribute(training: dict[str, Any], source: str) -> None:
+    value = training.get("distribute", "none")
+    if value not in DISTRIBUTE_CHOICES:
+        raise ProfileError(
+            f"Profile {source}: training.distribute={value!r} must be one of "
+            f"{list(DISTRIBUTE_CHOICES)}."
+        )
 
 
 def _check_positive_ints(section: dict[str, Any], keys: tuple[str, ...], source: str) -> None:

@@ -29,7 +29,7 @@ RECORDED_PACKAGES: tuple[str, ...] = (
 )
 #: Parameters every notebook receives; its parameters cell must declare them.
 BASE_PARAMETERS: tuple[str, ...] = ("profile", "data_dir", "output_dir", "seed")
-_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "PYTHONWARNINGS": "ignore"}
+_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 
 
 class NotebookFailed(RuntimeError):

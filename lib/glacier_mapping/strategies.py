@@ -231,6 +231,7 @@ def _train_config(
 def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = True) -> TrainedModel:
     """Train an experiment once (or reuse it); write its model card to ``outputs/.../models``."""
     from glacier_mapping.data.patches import make_patch_dataset
+    from glacier_mapping.distribute import training_strategy
     from glacier_mapping.models import build_model, count_parameters
     from glacier_mapping.training import train_model
 
@@ -242,10 +243,13 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
         if verbose:
             print(f"Training {spec.name} ({spec.architecture}/{spec.preset}, "
                   f"{'+'.join(spec.sensors)}, {spec.epochs} epochs)")
-        model = build_model(
-            spec.architecture, spec.sensors, spec.patch_size, spec.preset,
-            location_size=spec.location_size, deep_supervision=deep_supervision,
-        )
+        distribute = context.profile.training.get("distribute", "none")
+        strategy = training_strategy(distribute)
+        with strategy.scope():  # train_model compiles and fits under the model's strategy
+            model = build_model(
+                spec.architecture, spec.sensors, spec.patch_size, spec.preset,
+                location_size=spec.location_size, deep_supervision=deep_supervision,
+            )
         common = dict(sensors=spec.sensors, patch_size=spec.patch_size,
                       batch_size=spec.batch_size, location=spec.location,
                       deep_supervision=deep_supervision, regions=spec.regions)
@@ -270,7 +274,8 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
             "best_validation_value": result.best_value,
             "train_seconds": round(result.train_seconds, 1),
             "finetuned_from": spec.finetune_from.name if spec.finetune_from else None,
-            "norm_stats": "norm_stats.json",
+            "norm_stats": "norm_stats.json", "distribute": distribute,
+            "replicas": strategy.num_replicas_in_sync,
         }
         atomic_write_json(directory / "model_card.json", card)
         shutil.rmtree(directory / "training")  # the best model and history are kept

@@ -26,7 +26,7 @@ from glacier_mapping.data.benchmark import (
 from glacier_mapping.report import METRIC_COLUMNS
 from glacier_mapping.store import ArtifactStore
 
-_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @dataclass(frozen=True)
