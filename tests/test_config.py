@@ -34,6 +34,7 @@ def test_unknown_profile_names_the_choices():
         ({"training": {"epochs": 0}}, "epochs"),
         ({"model": {"patch_size": 50}}, "multiple of 16"),
         ({"notebooks": {"01_x": 3}}, "notebooks.01_x"),
+        ({"training": {"epochs": 1, "batchnorm_momentum": 1.0}}, "batchnorm_momentum"),
     ],
 )
 def test_bad_values_are_named(change, message):

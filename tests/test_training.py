@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import dataclasses
 import json
 
 import keras
@@ -159,6 +160,33 @@ def test_train_writes_checkpoints_and_history(tmp_path, capsys):
     best = keras.models.load_model(result.best_model_path)
     for loaded, trained in zip(best.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(loaded, trained)
+
+
+def _batchnorm_model() -> keras.Model:
+    keras.utils.set_random_seed(4)
+    inputs = {"optical": keras.Input((8, 8, 3), name="optical"),
+              "dem": keras.Input((8, 8, 2), name="dem")}
+    features = layers.Concatenate()([inputs["optical"], inputs["dem"]])
+    hidden = layers.BatchNormalization(name="bn")(layers.Conv2D(4, 3, padding="same")(features))
+    return keras.Model(inputs, {"output": layers.Conv2D(2, 1, activation="softmax")(hidden)})
+
+
+def test_batchnorm_momentum_speeds_up_moving_statistics(tmp_path):
+    config = TrainConfig(epochs=1, steps_per_epoch=4, restart_epochs=(1,), monitor="loss",
+                         mode="min")
+    moved = {}
+    for momentum in (None, 0.5):
+        model = _batchnorm_model()
+        run = dataclasses.replace(config, batchnorm_momentum=momentum)
+        train_model(model, dataset().repeat(), None, run, tmp_path / str(momentum),
+                    verbose=False)
+        layer = model.get_layer("bn")
+        assert layer.momentum == (0.99 if momentum is None else 0.5)
+        moved[momentum] = float(np.abs(layer.moving_variance.numpy() - 1.0).max())
+    # Four steps barely move a 0.99 average; a 0.5 average follows the batch statistics.
+    assert moved[0.5] > 10 * moved[None]
+    with pytest.raises(ValueError, match="batchnorm_momentum"):
+        TrainConfig(batchnorm_momentum=1.5)
 
 
 def test_completed_run_returns_from_files(tmp_path):

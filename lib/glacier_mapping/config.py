@@ -120,6 +120,12 @@ def parse_profile(raw: Any, source: str = "<memory>") -> Profile:  # noqa: ANN40
         raise ProfileError(f"Profile {source}: notebook_budget_minutes must be a positive number.")
     _check_positive_ints(raw["training"], ("epochs", "steps_per_epoch", "batch_size"), source)
     _check_distribute(raw["training"], source)
+    momentum = raw["training"].get("batchnorm_momentum")
+    if momentum is not None and (not isinstance(momentum, float) or not 0.0 < momentum < 1.0):
+        raise ProfileError(
+            f"Profile {source}: training.batchnorm_momentum={momentum!r} must be a number in "
+            "(0, 1), e.g. 0.9, or absent (the model's own momentum)."
+        )
     _check_positive_ints(raw["model"], ("patch_size",), source)
     patch = raw["model"].get("patch_size")
     if patch is not None and patch % 16:

@@ -65,6 +65,7 @@ class ExperimentSpec:
         learning_rate: Peak learning rate.
         restart_epochs: Epochs at which cosine cycles end; empty for one cycle over all epochs.
         seed: Training seed.
+        batchnorm_momentum: BatchNormalization momentum during training (None: the model's).
         finetune_from: For ``finetuning``: the experiment whose model is the starting point.
     """
 
@@ -81,6 +82,7 @@ class ExperimentSpec:
     learning_rate: float = 5e-4
     restart_epochs: tuple[int, ...] = ()
     seed: int = 0
+    batchnorm_momentum: float | None = None
     finetune_from: ExperimentSpec | None = None
 
     def __post_init__(self) -> None:
@@ -171,6 +173,7 @@ def global_experiment(
         epochs=training["epochs"], steps_per_epoch=training["steps_per_epoch"],
         learning_rate=training.get("learning_rate", 5e-4),
         restart_epochs=tuple(training.get("restart_epochs", ())), seed=seed,
+        batchnorm_momentum=training.get("batchnorm_momentum"),
     )
 
 
@@ -221,7 +224,7 @@ def _train_config(
         epochs=spec.epochs, steps_per_epoch=spec.steps_per_epoch,
         learning_rate=spec.learning_rate,
         restart_epochs=spec.restart_epochs or (spec.epochs,), seed=spec.seed,
-        run_eagerly=run_eagerly,
+        batchnorm_momentum=spec.batchnorm_momentum, run_eagerly=run_eagerly,
     )
     if parent is None:
         return config

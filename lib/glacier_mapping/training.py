@@ -236,6 +236,11 @@ class TrainConfig:
             ignored when resuming).
         jit_compile: Compile train steps with XLA. Off by default: on a 2-core CPU, GlaViTU
             (small preset, 64 px) took 0.87 s per step with XLA, 0.47 s without.
+        batchnorm_momentum: Momentum of every BatchNormalization layer's moving statistics
+            during this run; None keeps the model's (Keras and the original: 0.99). Runs of a
+            few hundred steps need a faster average (e.g. 0.9): with 0.99 the moving
+            statistics lag the weights, and validation in inference mode scored DeepLabv3+
+            0.41 glacier IoU after 200 steps against 0.56 with 0.9 (quick profile, seed 42).
         run_eagerly: Run train and validation steps eagerly. Tracing a GlaViTU train step
             takes 10-25 s on a 2-core CPU, so runs of a few dozen steps (the smoke profile)
             are faster without it; the arithmetic is the same.
@@ -256,6 +261,7 @@ class TrainConfig:
     mode: str = "max"
     init_weights: str | None = None
     jit_compile: bool = False
+    batchnorm_momentum: float | None = None
     run_eagerly: bool = False
 
     def __post_init__(self) -> None:
@@ -273,6 +279,11 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
         _check_restarts(self.restart_epochs, "TrainConfig.restart_epochs")
+        if self.batchnorm_momentum is not None and not 0.0 < self.batchnorm_momentum < 1.0:
+            raise ValueError(
+                "TrainConfig.batchnorm_momentum must be None or in (0, 1), got "
+                f"{self.batchnorm_momentum}."
+            )
         if self.mode not in ("max", "min"):
             raise ValueError(f"TrainConfig.mode must be 'max' or 'min', got {self.mode!r}.")
         if OUTPUT_HEAD not in self.loss_weights:
@@ -375,6 +386,7 @@ def train_model(
     state = _read_state(out_dir, config)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
+    _set_batchnorm_momentum(model, config.batchnorm_momentum)
     with model.distribute_strategy.scope():  # the strategy the model was built under
         _compile(model, heads, config)
         if state["completed"]:
@@ -502,6 +514,15 @@ def _output_heads(model: keras.Model) -> tuple[str, ...]:
             f"{DEEP_SUPERVISION_HEAD!r}); got {type(outputs).__name__}."
         )
     return tuple(head for head in (OUTPUT_HEAD, DEEP_SUPERVISION_HEAD) if head in outputs)
+
+
+def _set_batchnorm_momentum(model: keras.Model, momentum: float | None) -> None:
+    """Set the moving-statistics momentum of every BatchNormalization layer (None: keep)."""
+    if momentum is None:
+        return
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
 
 
 def _compile(model: keras.Model, heads: tuple[str, ...], config: TrainConfig) -> None:
