@@ -18,6 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
 from glacier_mapping.config import Profile, load_profile
 from glacier_mapping.store import NOTEBOOK_ENV, ArtifactStore, atomic_write_json
 
@@ -128,6 +131,17 @@ def check_declared_parameters(notebook: Path, parameters: dict[str, Any]) -> Non
         )
 
 
+class _LocalKernelManager(AsyncKernelManager):
+    """A kernel that talks to the runner over local IPC sockets, not unencrypted TCP ports.
+
+    The sockets lie beside the kernel's connection file in Jupyter's runtime directory.
+    """
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc"
+
+
 def execute_notebook(
     notebook: Path, output_dir: Path, parameters: dict[str, Any], timeout: float | None = None
 ) -> NotebookRun:
@@ -152,7 +166,7 @@ def execute_notebook(
             papermill.execute_notebook(
                 str(notebook), str(partial), parameters=parameters, kernel_name="python3",
                 cwd=str(notebook.parent), progress_bar=False, log_output=False,
-                execution_timeout=timeout,
+                execution_timeout=timeout, kernel_manager_class=_LocalKernelManager,
             )
     except PapermillExecutionError as error:
         os.replace(partial, failed)
