@@ -113,6 +113,10 @@ def open_context(
     """
     quiet_tensorflow()
     loaded = load_profile(profile, seed=seed)
+    if loaded.training.get("distribute") == "multi-worker":
+        from glacier_mapping.distribute import training_strategy
+
+        training_strategy("multi-worker")  # TensorFlow's rule: before any other TF work
     out = Path(output_dir) if str(output_dir) else Path("..") / "outputs" / loaded.name
     out.mkdir(parents=True, exist_ok=True)
     store = ArtifactStore(out / "cache")
