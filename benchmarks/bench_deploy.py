@@ -2,7 +2,9 @@
 
 Each deployment runs in a fresh child process (this script with ``--child``) on synthetic
 GeoTIFFs (optical 6 bands + DEM; slope derived), with a small-preset GlaViTU (64 px, random
-weights: time does not depend on the weights, the polygon count does). The child reports its
+weights: time does not depend on the weights, the polygon count does) and deploy_scene's
+defaults (stride 3/4 patch, batch 8, precision ``auto``, read-ahead thread on). The 4x scene
+is also deployed without the read-ahead thread. The child reports its
 RSS high-water mark as ``VmHWM`` of ``/proc/self/status`` and its RSS after imports; the parent
 also samples the child's RSS with psutil as a cross-check. ``ru_maxrss`` (``RUSAGE_SELF`` in
 the child, ``RUSAGE_CHILDREN`` in the parent) is not used: on Linux it keeps the parent's RSS
@@ -55,8 +57,11 @@ def proc_status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
 
 
-def child(model: str, optical: str, dem: str, out_dir: str) -> None:
-    """Run one deployment and print its measurements as JSON (the last line of stdout)."""
+def child(model: str, optical: str, dem: str, out_dir: str, options: str) -> None:
+    """Run one deployment and print its measurements as JSON (the last line of stdout).
+
+    ``options`` is a JSON object of extra ``deploy_scene`` keyword arguments.
+    """
     import tensorflow  # noqa: F401 - import cost is part of the baseline, not of the scene
 
     from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
@@ -65,12 +70,13 @@ def child(model: str, optical: str, dem: str, out_dir: str) -> None:
     baseline = proc_status_mb("VmRSS")
     start = time.perf_counter()
     with SceneSource(optical, OPTICAL_BANDS, dem=dem) as source:
-        summary = deploy_scene(source, model, out_dir, progress=False)
+        summary = deploy_scene(source, model, out_dir, progress=False, **json.loads(options))
     wall = time.perf_counter() - start
     peak = proc_status_mb("VmHWM")
     print(json.dumps({"seconds": summary.seconds, "wall": wall, "peak_mb": peak,
                       "baseline_mb": baseline, "windows": summary.pixels["windows"],
-                      "polygons": summary.polygon_count}))
+                      "polygons": summary.polygon_count,
+                      "parameters": summary.parameters, "outputs": summary.outputs}))
 
 
 def run_child(args: list[str]) -> tuple[dict, float]:
@@ -93,6 +99,54 @@ def run_child(args: list[str]) -> tuple[dict, float]:
     return json.loads(out.strip().splitlines()[-1]), sampled
 
 
+def deploy_method(result: dict) -> str:
+    """How a deployment row was measured."""
+    parameters = result["parameters"]
+    return (f"deploy_scene, {PRESET} GlaViTU {PATCH} px, stride {parameters['stride']}, batch "
+            f"{parameters['batch_size']}, precision {parameters['precision']} (auto), prefetch "
+            f"{parameters['prefetch']}, synthetic optical + DEM GeoTIFFs; one run per scene in a "
+            "fresh child process (includes model load and one trace)")
+
+
+def result_rows(case: str, size: int, result: dict, sampled: float) -> list[Row]:
+    """Time and memory rows of one deployment."""
+    method = deploy_method(result)
+    seconds = result["seconds"]
+    parts = ("predict", "write", "vectorise")
+    split = "deploy_scene's own split of deploy_seconds (summary.json 'seconds')"
+    return [
+        Row("deploy", case, "deploy_seconds", seconds["total"], "s", method),
+        *(Row("deploy", case, f"{part}_seconds", seconds[part], "s", split) for part in parts),
+        Row("deploy", case, "setup_seconds",
+            seconds["total"] - sum(seconds[part] for part in parts), "s",
+            "deploy_seconds minus predict, write and vectorise (model load, checks)"),
+        Row("deploy", case, "seconds_per_megapixel", seconds["total"] / (size * size / 1e6),
+            "s/MP", method),
+        Row("deploy", case, "windows", result["windows"], "count", method),
+        Row("deploy", case, "polygons", result["polygons"], "count", method),
+        Row("deploy", case, "peak_rss_mb", result["peak_mb"], "MB",
+            "child's VmHWM (RSS high-water mark) after deploy_scene"),
+        Row("deploy", case, "rss_after_imports_mb", result["baseline_mb"], "MB",
+            "child's VmRSS after importing TensorFlow and the library"),
+        Row("deploy", case, "psutil_sampled_peak_rss_mb", sampled, "MB",
+            "parent samples the child's RSS every 50 ms (whole child process)"),
+    ]
+
+
+def prefetch_rows(case: str, on: dict, off: dict) -> list[Row]:
+    """The same scene without the read-ahead thread, and the speed-up of reading ahead."""
+    method = deploy_method(off)
+    return [
+        Row("deploy", f"{case}, no prefetch", "deploy_seconds", off["seconds"]["total"], "s",
+            method),
+        Row("deploy", f"{case}, no prefetch", "predict_seconds", off["seconds"]["predict"], "s",
+            method),
+        Row("deploy", case, "prefetch_predict_speedup",
+            off["seconds"]["predict"] / on["seconds"]["predict"], "x",
+            "predict_seconds without / with the read-ahead thread (one run each)"),
+    ]
+
+
 def run(quick: bool) -> list[Row]:
     import keras
 
@@ -109,37 +163,17 @@ def run(quick: bool) -> list[Row]:
         build_model("glavitu", common.SENSORS, PATCH, PRESET).save(model_path)
         region = get_region("ALP")
         scene = generate_scene(region, sizes[0], 0, region.year)
-        method = (f"deploy_scene, {PRESET} GlaViTU {PATCH} px, stride {PATCH // 2}, batch 8, "
-                  "synthetic optical + DEM GeoTIFFs; one run per scene in a fresh child "
-                  "process (includes model load and one trace)")
         for size in sizes:
             paths = write_scene(folder, scene.features, scene.transform, scene.crs, size)
             result, sampled = run_child([str(model_path), str(paths["optical"]),
-                                         str(paths["dem"]), str(folder / f"out_{size}")])
+                                         str(paths["dem"]), str(folder / f"out_{size}"), "{}"])
             results[size] = result
-            megapixels = size * size / 1e6
             case = f"{size}x{size} ({(size // sizes[0]) ** 2}x area)"
-            seconds = result["seconds"]
-            parts = ("predict", "write", "vectorise")
-            split = "deploy_scene's own split of deploy_seconds (summary.json 'seconds')"
-            rows += [
-                Row("deploy", case, "deploy_seconds", seconds["total"], "s", method),
-                *(Row("deploy", case, f"{part}_seconds", seconds[part], "s", split)
-                  for part in parts),
-                Row("deploy", case, "setup_seconds",
-                    seconds["total"] - sum(seconds[part] for part in parts), "s",
-                    "deploy_seconds minus predict, write and vectorise (model load, checks)"),
-                Row("deploy", case, "seconds_per_megapixel", seconds["total"] / megapixels,
-                    "s/MP", method),
-                Row("deploy", case, "windows", result["windows"], "count", method),
-                Row("deploy", case, "polygons", result["polygons"], "count", method),
-                Row("deploy", case, "peak_rss_mb", result["peak_mb"], "MB",
-                    "child's VmHWM (RSS high-water mark) after deploy_scene"),
-                Row("deploy", case, "rss_after_imports_mb", result["baseline_mb"], "MB",
-                    "child's VmRSS after importing TensorFlow and the library"),
-                Row("deploy", case, "psutil_sampled_peak_rss_mb", sampled, "MB",
-                    "parent samples the child's RSS every 50 ms (whole child process)"),
-            ]
+            rows += result_rows(case, size, result, sampled)
+            if size == sizes[1]:
+                off, _ = run_child([str(model_path), str(paths["optical"]), str(paths["dem"]),
+                                    str(folder / f"out_{size}_serial"), '{"prefetch": false}'])
+                rows += prefetch_rows(case, result, off)
     small, large = results[sizes[0]], results[sizes[-1]]
     middle = results[sizes[1]]
     extra = (large["peak_mb"] - large["baseline_mb"]) / max(
@@ -159,7 +193,7 @@ def run(quick: bool) -> list[Row]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
         child(*sys.argv[2:])
     else:
         args = common.parse_args(__doc__.splitlines()[0])

@@ -5,12 +5,22 @@ function (Conv2D, MatMul and element-wise ops; it has no counter for the Einsum 
 scores) and analytically from the conv, dense and attention layer shapes (2 FLOPs per
 multiply-add; biases, normalisation and activations left out). The analytic total is used for
 GFLOP/s; the two totals agree to within a percent.
+
+Timings run in two fresh child processes, one with TensorFlow's oneDNN optimisations on and one
+with them off (``TF_ENABLE_ONEDNN_OPTS`` is read once, at import): a float32 and a bfloat16
+2048 x 2048 matmul, and one paper-size window through the compiled inference function in
+float32 and, with oneDNN on, also float32 with XLA and bfloat16 (the Keras ``mixed_bfloat16``
+copy of ``inference_model``). The headline rows repeat the setting this run uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import common
@@ -19,6 +29,8 @@ from common import Row
 
 PATCH = 384
 MATMUL_N = 2048
+#: Forward-pass variants timed per oneDNN setting.
+FORWARD_VARIANTS = ("float32", "float32_xla", "bfloat16")
 
 
 def profiler_flops(model_builder: Callable[[str], object]) -> dict[str, float]:
@@ -87,22 +99,110 @@ def analytic_flops(model: object) -> dict[str, float]:
     return totals
 
 
-def matmul_gflops(warmup: int, reps: int) -> tuple[float, str]:
-    """Median GFLOP/s of a float32 ``N x N`` TensorFlow matmul."""
+def matmul_gflops(dtype: str, warmup: int, reps: int) -> float:
+    """Median GFLOP/s of an ``N x N`` TensorFlow matmul in ``dtype`` (eager, to numpy)."""
     import tensorflow as tf
 
-    a = tf.random.normal((MATMUL_N, MATMUL_N), dtype=tf.float32)
-    b = tf.random.normal((MATMUL_N, MATMUL_N), dtype=tf.float32)
+    a = tf.cast(tf.random.normal((MATMUL_N, MATMUL_N)), dtype)
+    b = tf.cast(tf.random.normal((MATMUL_N, MATMUL_N)), dtype)
     seconds = common.median(common.timed(lambda: tf.linalg.matmul(a, b).numpy(), warmup, reps))
-    method = (f"tf.linalg.matmul float32 {MATMUL_N}x{MATMUL_N} (2 N^3 FLOPs), eager, result "
-              f"copied to numpy; {common.timing_method(warmup, reps)}")
-    return 2.0 * MATMUL_N**3 / seconds / 1e9, method
+    return 2.0 * MATMUL_N**3 / seconds / 1e9
+
+
+def forward_seconds(model: object, variant: str, warmup: int, reps: int) -> float:
+    """Median seconds of one 384 px window through the compiled inference function.
+
+    ``float32`` and ``bfloat16`` use predict_windows' own function (of the model or of its
+    bfloat16 copy); ``float32_xla`` the same call compiled with XLA (``jit_compile=True``).
+    """
+    import tensorflow as tf
+
+    from glacier_mapping.inference import _compiled, inference_model
+
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.random((1, *tensor.shape[1:]), dtype=np.float32)
+              for name, tensor in model.input.items()}
+    if variant == "float32_xla":
+        function = tf.function(lambda x: model(x, training=False)["output"], jit_compile=True)
+    else:
+        function = _compiled(inference_model(model, variant))
+    return common.median(common.timed(lambda: np.asarray(function(inputs)), warmup, reps))
+
+
+def timing_child(quick: bool) -> None:
+    """Print the matmul and forward timings of this process's oneDNN setting as JSON."""
+    import keras
+
+    from glacier_mapping.inference import onednn_enabled
+    from glacier_mapping.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("glavitu", common.SENSORS, PATCH, "paper")
+    warmup, reps = forward_timing(quick)
+    onednn = onednn_enabled()
+    result = {"onednn": onednn,
+              "matmul_float32": matmul_gflops("float32", 2, 3 if quick else 10),
+              "matmul_bfloat16": matmul_gflops("bfloat16", 2, 3 if quick else 10)}
+    # Without oneDNN only the float32 rate is timed: enough to compare the two settings.
+    for variant in FORWARD_VARIANTS if onednn else FORWARD_VARIANTS[:1]:
+        result[variant] = forward_seconds(model, variant, warmup, reps)
+    print(json.dumps(result))
+
+
+def forward_timing(quick: bool) -> tuple[int, int]:
+    """Warm-up calls and timed repetitions of a forward pass."""
+    return (1, 1) if quick else (1, 2)
+
+
+def run_timing_child(onednn: bool, quick: bool) -> dict:
+    """Run :func:`timing_child` in a fresh process with oneDNN on or off."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if onednn else "0"}
+    command = [sys.executable, __file__, "--timing-child", *(["--quick"] if quick else [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"timing child (oneDNN {onednn}) failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def timing_rows(result: dict, gflop: float, quick: bool) -> list[Row]:
+    """Rows of one timing child, its case named after its oneDNN setting."""
+    warmup, reps = forward_timing(quick)
+    state = "on" if result["onednn"] else "off"
+    case = f"paper 384px, oneDNN {state}"
+    forward = (f"compiled inference function of predict_windows, one {PATCH} px window, fresh "
+               f"process with TF_ENABLE_ONEDNN_OPTS={int(result['onednn'])}; "
+               f"{common.timing_method(warmup, reps)}")
+    matmul = (f"tf.linalg.matmul {MATMUL_N}x{MATMUL_N} (2 N^3 FLOPs), eager, result copied to "
+              f"numpy, TF_ENABLE_ONEDNN_OPTS={int(result['onednn'])}; "
+              f"{common.timing_method(2, 3 if quick else 10)}")
+    rows = [
+        Row("flops", f"matmul 2048, oneDNN {state}", f"matmul_{dtype}_gflop_per_s",
+            result[f"matmul_{dtype}"], "GFLOP/s", matmul) for dtype in ("float32", "bfloat16")
+    ]
+    for variant in (v for v in FORWARD_VARIANTS if v in result):
+        rows += [
+            Row("flops", case, f"{variant}_seconds_per_window", result[variant], "s", forward),
+            Row("flops", case, f"{variant}_gflop_per_s", gflop / result[variant], "GFLOP/s",
+                f"analytic GFLOP per window / {variant}_seconds_per_window"),
+        ]
+    rows.append(Row("flops", case, "float32_to_matmul_ratio",
+                    gflop / result["float32"] / result["matmul_float32"], "ratio",
+                    "float32_gflop_per_s / matmul_float32_gflop_per_s (same process)"))
+    if "bfloat16" in result:
+        rows += [
+            Row("flops", case, "bfloat16_speedup", result["float32"] / result["bfloat16"], "x",
+                "float32_seconds_per_window / bfloat16_seconds_per_window"),
+            Row("flops", case, "xla_speedup", result["float32"] / result["float32_xla"], "x",
+                "float32_seconds_per_window / float32_xla_seconds_per_window (> 1: XLA helps; "
+                "its compile time is not included)"),
+        ]
+    return rows
 
 
 def run(quick: bool) -> list[Row]:
     import keras
 
-    from glacier_mapping.inference import _compiled
+    from glacier_mapping.inference import onednn_enabled
     from glacier_mapping.models import build_model
 
     def builder(preset: str) -> keras.Model:
@@ -125,29 +225,32 @@ def run(quick: bool) -> list[Row]:
     rows.append(Row("flops", "paper 384px", "analytic_gflop_per_window", total / 1e9, "GFLOP",
                     f"{analytic}; conv part / profiler Conv2D = "
                     f"{parts['conv'] / counted.get('Conv2D', float('nan')):.4f}"))
-
-    batch = 1
-    warmup, reps = (1, 1) if quick else (1, 3)
-    rng = np.random.default_rng(0)
-    inputs = {name: rng.random((batch, *tensor.shape[1:]), dtype=np.float32)
-              for name, tensor in model.input.items()}
-    function = _compiled(model)
-    seconds = common.median(common.timed(lambda: np.asarray(function(inputs)), warmup, reps))
-    achieved = total * batch / seconds / 1e9
-    forward = (f"compiled inference function of predict_array (tf.function, training=False), "
-               f"batch {batch} window of {PATCH} px; {common.timing_method(warmup, reps)}")
-    peak, peak_method = matmul_gflops(2, 3 if quick else 10)
+    rows.append(Row("flops", "paper 384px", "analytic_tflop_per_megapixel",
+                    total / PATCH**2 / 1e6, "TFLOP/MP", f"{analytic}; per window pixel"))
+    del model
+    this = onednn_enabled()
+    results = {state: run_timing_child(state, quick) for state in (this, not this)}
+    for state in (True, False):
+        rows += timing_rows(results[state], total / 1e9, quick)
+    # Headline figures: the setting this benchmark run uses (TF_ENABLE_ONEDNN_OPTS).
+    own = results[this]
+    note = f"the run's setting (oneDNN {'on' if this else 'off'}); see the per-setting rows"
     rows += [
-        Row("flops", "paper 384px", "forward_seconds_per_window", seconds / batch, "s", forward),
-        Row("flops", "paper 384px", "achieved_gflop_per_s", achieved, "GFLOP/s",
-            f"analytic FLOPs / forward time; {forward}"),
-        Row("flops", "matmul 2048", "matmul_gflop_per_s", peak, "GFLOP/s", peak_method),
-        Row("flops", "paper 384px", "achieved_to_matmul_ratio", achieved / peak, "ratio",
-            "achieved_gflop_per_s / matmul_gflop_per_s"),
+        Row("flops", "paper 384px", "forward_seconds_per_window", own["float32"], "s", note),
+        Row("flops", "paper 384px", "achieved_gflop_per_s", total / 1e9 / own["float32"],
+            "GFLOP/s", f"analytic FLOPs / float32 forward time; {note}"),
+        Row("flops", "matmul 2048", "matmul_gflop_per_s", own["matmul_float32"], "GFLOP/s",
+            f"float32 matmul; {note}"),
+        Row("flops", "paper 384px", "achieved_to_matmul_ratio",
+            total / 1e9 / own["float32"] / own["matmul_float32"], "ratio",
+            f"achieved_gflop_per_s / matmul_gflop_per_s; {note}"),
     ]
     return rows
 
 
 if __name__ == "__main__":
-    args = common.parse_args(__doc__.splitlines()[0])
-    common.finish("flops", run(args.quick), args.out)
+    if "--timing-child" in sys.argv:
+        timing_child("--quick" in sys.argv)
+    else:
+        args = common.parse_args(__doc__.splitlines()[0])
+        common.finish("flops", run(args.quick), args.out)

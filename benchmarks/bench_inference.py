@@ -37,8 +37,9 @@ def run(quick: bool) -> list[Row]:
             lambda m=model, f=features, p=patch, b=batch: predict_array(m, f, p, batch_size=b),
             warmup, reps,
         ))
-        method = (f"predict_array on a {height}x{width} synthetic scene, stride {stride}, "
-                  f"batch {batch}, windows: {windows}; {common.timing_method(warmup, reps)}")
+        method = (f"predict_array (float32) on a {height}x{width} synthetic scene, stride "
+                  f"{stride}, batch {batch}, windows: {windows}; "
+                  f"{common.timing_method(warmup, reps)}")
         case = f"{preset} {patch}px"
         rows += [
             Row("inference", case, "scene_megapixels_per_s", height * width / 1e6 / seconds,

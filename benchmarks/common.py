@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import statistics
 import sys
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 if "tensorflow" in sys.modules:  # pragma: no cover - a mistake in a script's import order
     print("warning: TensorFlow was imported before benchmarks/common.py", file=sys.stderr)
 
@@ -100,13 +101,22 @@ def parse_args(description: str) -> argparse.Namespace:
 
 
 def write_rows(rows: Iterable[Row], path: Path) -> None:
-    """Write rows as CSV with the standard columns."""
+    """Write rows as CSV with the standard columns (atomically)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(asdict(row))
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with temporary.open("w", newline="") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
 
 
 def finish(name: str, rows: list[Row], out: Path | None) -> None:

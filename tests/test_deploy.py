@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import threading
 
 import geopandas as gpd
 import keras
@@ -98,7 +99,7 @@ def source_of(files, **kwargs):
 def test_strips_equal_one_piece_and_outputs_are_georeferenced(files, tmp_path):
     with source_of(files) as source:
         summary = deploy_scene(source, files["model"], tmp_path / "out", files["calibrator"],
-                               stride=5, batch_size=3, progress=False)
+                               stride=5, batch_size=3, progress=False, precision="float32")
         scene = load_scene(source)
     model = keras.saving.load_model(files["model"])
     probs = predict_array(model, scene.arrays(), P, stride=5, batch_size=64)
@@ -144,6 +145,55 @@ def test_row_buffer_stays_one_patch_high(files, tmp_path, monkeypatch):
                                progress=False)
     assert summary.pixels["windows"] == len(heights) * 10  # 10 window columns per row
     assert max(heights) == P
+
+
+def _read_maps(summary):
+    with rasterio.open(summary.outputs["glacier_class.tif"]) as classes, \
+            rasterio.open(summary.outputs["confidence.tif"]) as conf:
+        return classes.read(1), conf.read(1)
+
+
+def test_prefetching_equals_reading_in_turn(files, tmp_path, monkeypatch):
+    threads = []
+    real = SceneSource.read_window
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SceneSource, "read_window", recording)
+    maps = {}
+    with source_of(files) as source:
+        for prefetch in (True, False):
+            threads.clear()
+            summary = deploy_scene(source, files["model"], tmp_path / f"p{prefetch}",
+                                   files["calibrator"], stride=5, batch_size=3, progress=False,
+                                   precision="float32", prefetch=prefetch)
+            assert summary.parameters["prefetch"] is prefetch
+            assert summary.parameters["precision"] == "float32"
+            maps[prefetch] = _read_maps(summary)
+            window_reads = [name for name in threads if name != "MainThread"]
+            # check_not_empty reads strips on the main thread; windows come from the reader.
+            assert bool(window_reads) is prefetch
+            assert all(name.startswith("deploy-read") for name in window_reads)
+    np.testing.assert_array_equal(maps[True][0], maps[False][0])
+    np.testing.assert_array_equal(maps[True][1], maps[False][1])
+
+
+def test_bfloat16_deployment_is_close_to_float32(files, tmp_path):
+    maps = {}
+    with source_of(files) as source:
+        for precision in ("float32", "bfloat16"):
+            summary = deploy_scene(source, files["model"], tmp_path / precision, progress=False,
+                                   precision=precision)
+            assert summary.parameters["precision"] == precision
+            assert summary.parameters["stride"] == 12  # default: 3/4 of the 16 px patch
+            maps[precision] = _read_maps(summary)
+    valid = maps["float32"][0] != 255
+    agree = (maps["float32"][0] == maps["bfloat16"][0])[valid].mean()
+    difference = np.abs(maps["float32"][1] - maps["bfloat16"][1])[valid]
+    assert agree > 0.98 and difference.max() < 0.05
+    assert difference.max() > 0  # the bfloat16 copy really ran
 
 
 def test_polygons_area_matches_raster(files, tmp_path):
@@ -208,6 +258,9 @@ def test_bad_model_file_and_parameters(files, tmp_path):
             deploy_scene(source, tmp_path / "missing.keras", tmp_path / "out", progress=False)
         with pytest.raises(DeploymentError, match=r"stride must be in \[1, 16\]"):
             deploy_scene(source, files["model"], tmp_path / "out", stride=17, progress=False)
+        with pytest.raises(DeploymentError, match=r"precision='half'.*--precision"):
+            deploy_scene(source, files["model"], tmp_path / "out", precision="half",
+                         progress=False)
 
 
 def test_all_nodata_scene_is_refused(files, tmp_path):
@@ -287,9 +340,17 @@ def test_cli_arguments(files, tmp_path, capsys):
         "--dem", str(files["dem"]), "--model", str(files["model"]),
         "--calibrator", str(files["calibrator"]), "--stride", "8", "--batch-size", "4",
         "--no-progress", "--date", "2020-08-01", "--out", str(tmp_path / "cli"),
+        "--precision", "float32",
     ])
     assert deploy_from_args(args) == 0
     assert "estimated IoU" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["parameters"]["precision"] == "float32"
+    assert parser.parse_args(["--optical", "o.tif", "--bands", "b", "--model", "m.keras",
+                              "--out", "o"]).precision == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--optical", "o.tif", "--bands", "b", "--model", "m.keras",
+                           "--out", "o", "--precision", "float16"])
     polygons = gpd.read_file(tmp_path / "cli" / "glaciers.gpkg")
     assert (polygons["date"] == "2020-08-01").all()
     bad = parser.parse_args([

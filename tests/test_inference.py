@@ -3,7 +3,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import keras
 import numpy as np
@@ -240,3 +239,90 @@ def test_bad_features_raise_clear_errors():
         predict_array(model, {"optical": np.zeros((8, 8, 3)), "dem": np.zeros((9, 8, 2))}, 8)
     with pytest.raises(ValueError, match="needs inputs"):
         predict_array(model, {"optical": np.zeros((8, 8, 3))}, 8)
+
+
+def test_uniform_blend_is_the_plain_mean_of_overlapping_windows():
+    accumulator = BlendAccumulator(4, 6, 4, blend="uniform")
+    accumulator.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0)
+    accumulator.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2)
+    result = accumulator.result()
+    np.testing.assert_allclose(result[:, 2:4], 0.4, rtol=1e-6)
+    np.testing.assert_allclose(result[:, :2], 0.2, rtol=1e-6)
+    gaussian = BlendAccumulator(4, 6, 4)
+    gaussian.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0)
+    gaussian.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2)
+    assert not np.allclose(gaussian.result()[:, 2:4], 0.4, rtol=1e-3)
+
+
+def test_precision_and_blend_names_are_checked():
+    model = pixel_model()
+    with pytest.raises(ValueError, match="precision='half'"):
+        predict_array(model, _features(8, 8), 8, precision="half")
+    with pytest.raises(ValueError, match="blend='box'"):
+        predict_array(model, _features(8, 8), 8, blend="box")
+
+
+def test_auto_precision_follows_hardware_support(monkeypatch):
+    monkeypatch.setattr(inference, "bfloat16_supported", lambda: True)
+    assert inference.resolve_precision("auto") == "bfloat16"
+    monkeypatch.setattr(inference, "bfloat16_supported", lambda: False)
+    assert inference.resolve_precision("auto") == "float32"
+    assert inference.resolve_precision("bfloat16") == "bfloat16"
+    model = pixel_model()
+    assert inference.inference_model(model, "auto") is model
+
+
+def test_bfloat16_is_close_to_float32_with_float32_outputs():
+    keras.utils.set_random_seed(11)
+    model = glacier_mapping.models.build_model("glavitu", ("optical", "dem"), 32, "tiny")
+    rng = np.random.default_rng(12)
+    features = {"optical": rng.random((40, 36, 6), dtype=np.float32),
+                "dem": rng.random((40, 36, 2), dtype=np.float32)}
+    full = predict_array(model, features, 32)
+    half = predict_array(model, features, 32, precision="bfloat16")
+    assert half.dtype == np.float32 and half.shape == full.shape
+    difference = np.abs(half - full)
+    assert 0 < difference.max() < 0.05  # it differs: the bfloat16 copy really ran
+    assert (half.argmax(-1) == full.argmax(-1)).mean() > 0.97
+    copy = inference.inference_model(model, "bfloat16")
+    assert copy.get_layer("output").dtype_policy.name == "float32"
+    assert copy.get_layer("fusion_optical_1_conv").dtype_policy.name == "mixed_bfloat16"
+    assert all(weight.dtype == "float32" for weight in copy.weights)
+
+
+def test_bfloat16_copy_follows_weight_changes():
+    model = pixel_model()
+    features = _features(10, 10, seed=13)
+    before = predict_array(model, features, 8, precision="bfloat16")
+    conv = next(layer for layer in model.layers if isinstance(layer, layers.Conv2D))
+    conv.kernel.assign(-conv.kernel.numpy())
+    after = predict_array(model, features, 8, precision="bfloat16")
+    np.testing.assert_allclose(after, predict_array(model, features, 8), atol=0.03)
+    assert np.abs(after - before).max() > 0.1
+
+
+def test_large_batches_run_in_pieces_with_the_same_result(monkeypatch):
+    keras.utils.set_random_seed(14)
+    inputs = _inputs()
+    logits = layers.Conv2D(2, 3, padding="same")(inputs["optical"])
+    model = keras.Model(inputs, {"output": layers.Softmax()(logits)})
+    batch = {name: np.stack([_features(8, 8, seed=s)[name] for s in range(5)])
+             for name in ("optical", "dem")}
+    whole = predict_windows(model, batch)
+    sizes = []
+    real = inference._compiled
+
+    def counting(target):
+        function = real(target)
+
+        def call(pieces):
+            sizes.append(len(pieces["optical"]))
+            return function(pieces)
+
+        return call
+
+    monkeypatch.setattr(inference, "_compiled", counting)
+    monkeypatch.setattr(inference, "MAX_PIXELS_PER_CALL", 2 * 8 * 8)
+    pieces = predict_windows(model, batch)
+    assert sizes == [2, 2, 1]
+    np.testing.assert_allclose(pieces, whole, atol=1e-6)
