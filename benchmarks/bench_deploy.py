@@ -3,7 +3,7 @@
 Each deployment runs in a fresh child process (this script with ``--child``) on synthetic
 GeoTIFFs (optical 6 bands + DEM; slope derived), with a small-preset GlaViTU (64 px, random
 weights: time does not depend on the weights, the polygon count does) and deploy_scene's
-defaults (stride 3/4 patch, batch 8, precision ``auto``, read-ahead thread on). The 4x scene
+defaults (stride half a patch, batch 8, precision ``auto``, read-ahead thread on). The 1x scene
 is also deployed without the read-ahead thread. The child reports its
 RSS high-water mark as ``VmHWM`` of ``/proc/self/status`` and its RSS after imports; the parent
 also samples the child's RSS with psutil as a cross-check. ``ru_maxrss`` (``RUSAGE_SELF`` in
@@ -170,7 +170,7 @@ def run(quick: bool) -> list[Row]:
             results[size] = result
             case = f"{size}x{size} ({(size // sizes[0]) ** 2}x area)"
             rows += result_rows(case, size, result, sampled)
-            if size == sizes[1]:
+            if size == sizes[0]:
                 off, _ = run_child([str(model_path), str(paths["optical"]), str(paths["dem"]),
                                     str(folder / f"out_{size}_serial"), '{"prefetch": false}'])
                 rows += prefetch_rows(case, result, off)

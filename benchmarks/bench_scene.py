@@ -173,7 +173,8 @@ def reference_rows(folder: Path, paths: dict[str, Path], size: int) -> list[Row]
     ]
 
 
-def run(quick: bool) -> list[Row]:
+def run(quick: bool, out: Path | None = None) -> list[Row]:
+    """All rows; with ``out``, rows so far are written after every deployment."""
     import keras
 
     from glacier_mapping.data.regions import get_region
@@ -198,6 +199,8 @@ def run(quick: bool) -> list[Row]:
                                      {"precision": precision})
             results[precision] = result
             rows += scene_rows(f"{size}x{size} paper, {precision}", size, result, sampled)
+            if out is not None:  # kept if a later step runs out of time
+                common.write_rows(rows, out)
         supported = "supported" if bfloat16_supported() else "NOT supported"
         rows += [
             Row("scene", f"{size}x{size} paper", "bfloat16_speedup",
@@ -216,4 +219,4 @@ def run(quick: bool) -> list[Row]:
 
 if __name__ == "__main__":
     args = common.parse_args(__doc__.splitlines()[0])
-    common.finish("scene", run(args.quick), args.out)
+    common.finish("scene", run(args.quick, args.out), args.out)

@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import os
+import signal
 import statistics
 import sys
 import time
@@ -17,6 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# run_all.py stops a script that runs out of time with SIGTERM: exit cleanly, so that
+# temporary directories are removed.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 if "tensorflow" in sys.modules:  # pragma: no cover - a mistake in a script's import order

@@ -187,7 +187,7 @@ def test_bfloat16_deployment_is_close_to_float32(files, tmp_path):
             summary = deploy_scene(source, files["model"], tmp_path / precision, progress=False,
                                    precision=precision)
             assert summary.parameters["precision"] == precision
-            assert summary.parameters["stride"] == 12  # default: 3/4 of the 16 px patch
+            assert summary.parameters["stride"] == 8  # default: half the 16 px patch
             maps[precision] = _read_maps(summary)
     valid = maps["float32"][0] != 255
     agree = (maps["float32"][0] == maps["bfloat16"][0])[valid].mean()

@@ -30,7 +30,8 @@ BANDS = ",".join(OPTICAL_BANDS)
 GOOD = {
     "alpha": (45, 52, 0, {}),
     "beta": (40, 61, 1, {"tta": "true", "stride": "5"}),
-    "gamma": (33, 36, 2, {"calibrator": "calib.json", "batch_size": "3"}),
+    "gamma": (33, 36, 2, {"calibrator": "calib.json", "batch_size": "3",
+                          "precision": "float32"}),
 }
 
 
@@ -95,6 +96,7 @@ def test_results_equal_one_by_one(project, run, tmp_path):
                 calibrator_path=root / extra["calibrator"] if "calibrator" in extra else None,
                 tta="tta" in extra, stride=int(extra.get("stride", 0)) or None,
                 batch_size=int(extra.get("batch_size", 8)),
+                precision=extra.get("precision", "auto"),
             )
         np.testing.assert_allclose(read_band(record["outputs"]["confidence.tif"]),
                                    read_band(alone.outputs["confidence.tif"]), rtol=0,
@@ -107,6 +109,7 @@ def test_results_equal_one_by_one(project, run, tmp_path):
         assert (record["estimated_iou"] is None) == ("calibrator" not in extra)
         saved = json.loads((run["out"] / scene_id / "summary.json").read_text())
         assert saved["scene"] == scene_id and saved["parameters"]["tta"] == ("tta" in extra)
+        assert saved["parameters"]["precision"] == alone.parameters["precision"]
 
 
 def test_failed_scene_is_reported_and_others_succeed(run):
@@ -148,6 +151,7 @@ def test_manifest_paths_are_relative_to_its_folder(project, tmp_path, monkeypatc
     assert alpha.out == tmp_path / "outputs" / "alpha"
     assert jobs[1].options.tta is True and jobs[1].options.stride == 5
     assert jobs[2].options.calibrator == root / "calib.json"
+    assert jobs[2].options.precision == "float32" and jobs[0].options.precision == "auto"
 
 
 GOOD_ROW = {"scene_id": "a", "optical": "a.tif", "bands": BANDS, "model": "m.keras"}
@@ -160,6 +164,7 @@ GOOD_ROW = {"scene_id": "a", "optical": "a.tif", "bands": BANDS, "model": "m.ker
     ([GOOD_ROW, {**GOOD_ROW, "scene_id": "b", "optical": ""}],
      r"line 3: required column\(s\) \['optical'\] are empty"),
     ([{**GOOD_ROW, "stride": "half"}], r"line 2, column 'stride': .*invalid int value: 'half'"),
+    ([{**GOOD_ROW, "precision": "half"}], r"line 2, column 'precision': .*invalid choice"),
     ([{**GOOD_ROW, "tta": "maybe"}], r"line 2, column 'tta': 'maybe' is not true/false"),
     ([GOOD_ROW, GOOD_ROW], r"line 3, column 'scene_id': 'a' already appears on line 2"),
     ([GOOD_ROW, {**GOOD_ROW, "scene_id": "b", "out": "a"}],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -152,6 +153,22 @@ def test_everest_settings_follow_profile() -> None:
     assert rs.everest_settings(quick).preset == "small"
     assert rs.everest_settings(quick).epochs == quick.experiments["scene_epochs"]
     assert rs.everest_settings(quick, seed=7).seed == 7
+    assert rs.everest_settings(smoke).run_eagerly == bool(smoke.training.get("run_eagerly"))
+    assert rs.everest_settings(quick).bn_momentum == quick.training.get("batchnorm_momentum")
+    custom = dataclasses.replace(quick, experiments={
+        **quick.experiments, "everest_architecture": "deeplab", "everest_steps_per_epoch": 7,
+        "everest_learning_rate": 1e-3})
+    settings = rs.everest_settings(custom)
+    assert (settings.architecture, settings.steps_per_epoch, settings.learning_rate) == (
+        "deeplab", 7, 1e-3)
+    plain = dataclasses.replace(quick, experiments={"scene_epochs": 2})
+    assert rs.everest_settings(plain).architecture == "glavitu"
+    assert rs.everest_settings(plain).steps_per_epoch == quick.training["steps_per_epoch"]
+    with pytest.raises(ValueError, match="everest_architecture"):
+        rs.everest_settings(dataclasses.replace(
+            quick, experiments={"scene_epochs": 2, "everest_architecture": "unet"}))
+    with pytest.raises(ValueError, match="bn_momentum"):
+        rs.EverestSettings(preset="tiny", bn_momentum=1.0)
 
 
 def test_threshold_baseline() -> None:
@@ -159,11 +176,41 @@ def test_threshold_baseline() -> None:
     assert rs.threshold_baseline(rgb).tolist() == [[True, False, True]]
 
 
-def test_everest_norm_stats_turn_dn_into_features() -> None:
-    stats = rs.everest_norm_stats()
-    dn = np.array([[[10, 20, 30, 255, 0, 0]]], np.float32)
-    np.testing.assert_allclose(stats.normalise("optical", dn)[0, 0],
-                               [10 / 255, 20 / 255, 30 / 255, 1.0, 0.0, 0.0], rtol=1e-6)
+def _fake_everest(rgb: np.ndarray, nir: np.ndarray) -> rs.EverestData:
+    """An in-memory scene with the given DN (glacier where the mean RGB exceeds 200)."""
+    optical = np.zeros(rgb.shape[:2] + (6,), np.float32)
+    optical[..., :3] = rgb[..., ::-1] / 255.0
+    optical[..., 3] = nir / 255.0
+    return rs.EverestData(optical, rgb.astype(np.uint8), rgb.mean(axis=-1) > 200,
+                          TRANSFORM, CRS)
+
+
+def test_everest_norm_stats_standardise_the_training_window() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 30, 3)).astype(np.uint8)
+    rgb[:, 15:] = 255  # the other half is saturated: it must not enter the statistics
+    data = _fake_everest(rgb, rng.integers(0, 256, (40, 30)))
+    window = (slice(0, 40), slice(0, 15))
+    stats = rs.everest_norm_stats(data, window)
+    features = rs.model_features(data, stats, window)
+    assert features.shape == (40, 15, 6)
+    np.testing.assert_allclose(features[..., :4].mean(axis=(0, 1)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(features[..., :4].std(axis=(0, 1)), 1.0, atol=1e-3)
+    assert not features[..., 4:].any()  # SWIR stays zero
+    blue = rgb[:, :15, 2].astype(float)
+    assert stats.minimum["optical"][0] == pytest.approx(blue.mean(), abs=1e-3)
+    # the card's statistics give the same features
+    card = {"norm_stats": {"sensors": {"optical": {"min": stats.minimum["optical"],
+                                                   "max": stats.maximum["optical"]}}}}
+    np.testing.assert_array_equal(
+        rs.model_features(data, rs.card_norm_stats(card), window), features)
+    with pytest.raises(ValueError, match="constant"):
+        rs.everest_norm_stats(data, (slice(0, 40), slice(15, 30)))
+
+
+def test_illumination_classes() -> None:
+    rgb = np.array([[[255, 250, 240], [60, 80, 120], [120, 90, 60], [90, 90, 90]]], np.uint8)
+    assert rs.illumination_classes(rgb).tolist() == [[0, 1, 2, 2]]
 
 
 # --------------------------------------------------------------------------- Everest: real files
@@ -192,8 +239,11 @@ def test_everest_tiles_feed_the_patch_pipeline(everest: rs.EverestData) -> None:
     from glacier_mapping.data.patches import make_patch_dataset
 
     parts = rs.split_parts(everest.shape, "west-east", 64, 128)
-    tile = rs.everest_tile(everest, parts["val"], "EVEREST-1-0", 64)
+    stats = rs.everest_norm_stats(everest, parts["train"])
+    tile = rs.everest_tile(everest, stats, parts["val"], "EVEREST-1-0", 64)
     assert tile.original_shape == (128, 368)
+    np.testing.assert_array_equal(tile.features["optical"][tile.valid],
+                                  rs.model_features(everest, stats, parts["val"]).reshape(-1, 6))
     west, east, south, north = tile.bounds
     assert 86.7 < west < east < 87.1 and 27.9 < south < north < 28.11
     inputs, targets = next(iter(make_patch_dataset([tile], ["optical"], 64, 2, mode="sequential",
@@ -216,5 +266,26 @@ def test_evaluate_everest_and_verdict(everest: rs.EverestData) -> None:
     assert set(tidy["metric"]) == set(rs.METRICS)
     empty = rs.evaluate_everest(everest, settings, np.zeros_like(perfect))
     assert "does not meet" in rs.everest_verdict(empty)
-    with pytest.raises(ValueError, match="held-out"):
+    assert empty.gain() == pytest.approx(-table.loc["threshold", "iou"])
+    with pytest.raises(ValueError, match="cover the test part"):
         rs.evaluate_everest(everest, settings, perfect[:10])
+    with pytest.raises(ValueError, match="part"):
+        rs.evaluate_everest(everest, settings, perfect, part="train")
+
+
+def test_validation_part_and_errors_by_illumination(everest: rs.EverestData) -> None:
+    settings = rs.EverestSettings(preset="tiny", architecture="deeplab")
+    window = rs.split_parts(everest.shape, settings.split, settings.gap, settings.val_size)["val"]
+    result = rs.evaluate_everest(everest, settings, everest.glacier[window], part="val")
+    assert result.model_name == "deeplab" and result.glacier.shape == (128, 368)
+    verdict = rs.everest_verdict(result)
+    assert "validation strip" in verdict and "target" not in verdict
+    table = rs.errors_by_illumination(everest, result)
+    assert list(table.index) == list(rs.ILLUMINATION_CLASSES)
+    np.testing.assert_allclose(table["share of glacier"].sum(), 1.0)
+    np.testing.assert_allclose(table["share of non-glacier"].sum(), 1.0)
+    assert (table["model recall"] == 1.0).all()
+    assert (table["model false-positive rate"] == 0.0).all()
+    # the threshold's glacier is exactly the "bright" class
+    classes = rs.illumination_classes(everest.rgb_dn[window])
+    np.testing.assert_array_equal(classes == 0, result.threshold)
