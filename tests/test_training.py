@@ -252,3 +252,43 @@ def test_argument_errors(tmp_path):
     plain = keras.Model(inputs, layers.Conv2D(2, 1, activation="softmax")(inputs))
     with pytest.raises(ValueError, match="must return a dict"):
         train_model(plain, dataset().repeat(), dataset(), CONFIG, tmp_path, False)
+
+
+def _dropout_model(seed: int) -> keras.Model:
+    """A model whose training uses every kind of state: weights, BatchNorm, dropout seeds."""
+    keras.utils.set_random_seed(seed)
+    inputs = {"optical": keras.Input((8, 8, 3), name="optical"),
+              "dem": keras.Input((8, 8, 2), name="dem")}
+    features = layers.Concatenate()([inputs["optical"], inputs["dem"]])
+    hidden = layers.BatchNormalization()(layers.Conv2D(4, 3, padding="same")(features))
+    hidden = layers.Dropout(0.3)(layers.Activation("relu")(hidden))
+    heads = ("output", "deepsupervision")
+    return keras.Model(inputs, {head: layers.Conv2D(2, 1, activation="softmax")(hidden)
+                                for head in heads})
+
+
+def test_a_model_trained_again_reuses_its_steps_and_matches_a_fresh_model(tmp_path):
+    from glacier_mapping.strategies import ExperimentSpec, _training_model
+
+    spec = ExperimentSpec(name="reuse", patch_size=8, seed=3)  # a build key no other test uses
+    config = dataclasses.replace(CONFIG, seed=3)
+    reference = _dropout_model(3)
+    train_model(reference, dataset().repeat(), dataset(), config, tmp_path / "fresh", False)
+
+    other = _training_model(dataclasses.replace(spec, seed=5), _dropout_model(5))
+    train_model(other, dataset().repeat(), dataset(), dataclasses.replace(config, seed=5),
+                tmp_path / "other", False)
+    train_step, validation_step = other.train_function, other.test_function
+    again = _training_model(spec, _dropout_model(3))
+    assert again is other  # the earlier model, now holding the fresh model's values
+    train_model(again, dataset().repeat(), dataset(), config, tmp_path / "again", False)
+    assert again.train_function is train_step and again.test_function is validation_step
+    for reused, fresh in zip(again.variables, reference.variables, strict=True):
+        np.testing.assert_array_equal(reused.numpy(), fresh.numpy(), err_msg=reused.path)
+    assert int(again.optimizer.iterations) == config.epochs * config.steps_per_epoch
+    # Grappler is off only while training (see _without_graph_rewrites).
+    assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer")
+    # Another schedule changes the traced step: compiled afresh.
+    train_model(again, dataset().repeat(), dataset(),
+                dataclasses.replace(config, learning_rate=5e-3), tmp_path / "lr", False)
+    assert again.train_function is not train_step
