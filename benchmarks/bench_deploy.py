@@ -124,12 +124,7 @@ def result_rows(case: str, size: int, result: dict, sampled: float) -> list[Row]
             "s/MP", method),
         Row("deploy", case, "windows", result["windows"], "count", method),
         Row("deploy", case, "polygons", result["polygons"], "count", method),
-        Row("deploy", case, "peak_rss_mb", result["peak_mb"], "MB",
-            "child's VmHWM (RSS high-water mark) after deploy_scene"),
-        Row("deploy", case, "rss_after_imports_mb", result["baseline_mb"], "MB",
-            "child's VmRSS after importing TensorFlow and the library"),
-        Row("deploy", case, "psutil_sampled_peak_rss_mb", sampled, "MB",
-            "parent samples the child's RSS every 50 ms (whole child process)"),
+        *common.child_memory_rows("deploy", case, result, sampled),
     ]
 
 

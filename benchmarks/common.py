@@ -48,6 +48,18 @@ class Row:
     method: str
 
 
+def child_memory_rows(benchmark: str, case: str, result: dict, sampled_mb: float) -> list[Row]:
+    """Peak and post-import RSS reported by a child process, and its peak sampled from outside."""
+    return [
+        Row(benchmark, case, "peak_rss_mb", result["peak_mb"], "MB",
+            "child's VmHWM (RSS high-water mark) after deploy_scene"),
+        Row(benchmark, case, "rss_after_imports_mb", result["baseline_mb"], "MB",
+            "child's VmRSS after importing TensorFlow and the library"),
+        Row(benchmark, case, "psutil_sampled_peak_rss_mb", sampled_mb, "MB",
+            "parent samples the child's RSS every 50 ms (whole child process)"),
+    ]
+
+
 def timed(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
     """Run ``fn`` ``warmup`` times untimed, then ``reps`` times; return the wall seconds."""
     for _ in range(warmup):
