@@ -1,13 +1,11 @@
 """glacier_mapping: a reproducible re-derivation of GlaViTU glacier mapping (Maslov et al.).
 
-Importing the package imports TensorFlow once with its C++ start-up banner silenced: with
-oneDNN on (TensorFlow's default on x86 CPUs, about twice as fast here as without) TensorFlow
-prints an informational line on standard error even at ``TF_CPP_MIN_LOG_LEVEL=3``, and Jupyter
-kernels copy that line into every executed notebook.
+Importing the package does not import TensorFlow; the first module that does imports it with
+its C++ start-up banner silenced (see :mod:`glacier_mapping._tensorflow_banner`).
 """
 
-from glacier_mapping._tensorflow_banner import import_tensorflow_quietly
+from glacier_mapping._tensorflow_banner import mute_tensorflow_import
 
 __version__ = "0.1.0"
 
-import_tensorflow_quietly()
+mute_tensorflow_import()
