@@ -21,6 +21,7 @@ from glacier_mapping.training import (
     GlacierIoU,
     TrainConfig,
     finetune_config,
+    restore_checkpoint,
     train_model,
 )
 
@@ -156,7 +157,7 @@ def test_train_writes_checkpoints_and_history(tmp_path, capsys):
     assert result.best_value == pytest.approx(history.loc[best_row, "val_output_glacier_iou"])
     assert result.train_seconds > 0
     files = sorted(path.name for path in (tmp_path / "run").iterdir())
-    assert files == ["best.keras", "history.csv", "last-epoch0003.keras", "state.json"]
+    assert files == ["best.keras", "best.npz", "history.csv", "last-epoch0003.npz", "state.json"]
     best = keras.models.load_model(result.best_model_path)
     for loaded, trained in zip(best.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(loaded, trained)
@@ -215,14 +216,26 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
         train_model(tiny_model(), short, dataset(), CONFIG, tmp_path / "b", False)
     state = json.loads((tmp_path / "b" / "state.json").read_text())
     assert state["epoch"] == 2 and not state["completed"]
-    resumed = train_model(
-        tiny_model(), dataset().repeat(), dataset(), CONFIG, tmp_path / "b", False
-    )
+    model = tiny_model()
+    resumed = train_model(model, dataset().repeat(), dataset(), CONFIG, tmp_path / "b", False)
     assert resumed.epochs_run == 3
     columns = ["loss", "val_loss", "val_output_glacier_iou", "learning_rate"]
     np.testing.assert_allclose(resumed.history[columns], reference.history[columns], rtol=1e-6)
-    last = keras.models.load_model(resumed.last_model_path)
-    assert int(last.optimizer.iterations) == 3 * CONFIG.steps_per_epoch
+    # Weights and optimizer moments came back exactly: the result equals the uninterrupted one.
+    best = keras.models.load_model(reference.best_model_path)
+    for resumed_weights, reference_weights in zip(
+        model.get_weights(), best.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(resumed_weights, reference_weights, rtol=1e-5, atol=1e-7)
+    restore_checkpoint(model, resumed.last_checkpoint_path)
+    assert int(model.optimizer.iterations) == 3 * CONFIG.steps_per_epoch
+    with pytest.raises(ValueError, match="must be compiled"):
+        restore_checkpoint(tiny_model(), resumed.last_checkpoint_path)
+    other = tiny_model(False)
+    other.compile(optimizer="adam")
+    other.optimizer.build(other.trainable_variables)
+    with pytest.raises(ValueError, match="do not match this model"):
+        restore_checkpoint(other, resumed.last_checkpoint_path)
 
 
 def test_single_head_model_and_finetuning_from_weights(tmp_path):

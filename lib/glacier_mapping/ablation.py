@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from glacier_mapping.store import Artifact
 from glacier_mapping.strategies import (
     ExperimentSpec,
     TrainedModel,
@@ -95,6 +96,11 @@ def ablation_experiments(
     ]
 
 
+def predict_ablation_test(context: Context, trained: TrainedModel) -> Artifact:
+    """Test predictions of an ablation model on its regions (an ``after`` of train_experiments)."""
+    return predict_split(context, trained, "test", regions=list(trained.spec.regions))
+
+
 def evaluate_ablation(
     context: Context, trained: Sequence[TrainedModel], chapter: str = "04_sar_thermal_ablation",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -107,7 +113,7 @@ def evaluate_ablation(
     rows, tidy = [], []
     for model in trained:
         spec = model.spec
-        predictions = predict_split(context, model, "test", regions=list(spec.regions))
+        predictions = predict_ablation_test(context, model)
         evaluation = evaluate_split(context, predictions)
         tidy.append(tidy_metrics(evaluation, model, chapter, "test"))
         for row in evaluation[evaluation.level == "region"].itertuples():

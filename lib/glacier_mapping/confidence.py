@@ -548,9 +548,8 @@ def optimise_region(
         return {"epochs_run": result.epochs_run}
 
     artifact = context.store.get_or_create(
-        "region_vector", {"region": region, "acquisition": acquisition,
-                          "max_epochs": max_epochs, "seed": seed},
-        build, inputs=[trained.artifact])
+        "region_vector", _region_vector_params(region, acquisition, max_epochs, seed), build,
+        inputs=[trained.artifact])
     target = context.output_dir / "region_vectors" / f"{region}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -562,6 +561,40 @@ def optimise_region(
             "converged": data["optimisation"]["converged"],
             "entropy_history": data["optimisation"]["entropy_history"],
             "seconds": data["metadata"]["seconds"], "path": target}
+
+
+def optimise_regions(
+    context: Context, trained: TrainedModel, regions: Sequence[str], max_epochs: int,
+    load_model: Callable[[], Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`optimise_region` for several regions, side by side in worker processes.
+
+    Regions are independent, so they run in parallel when the profile allows it
+    (``training.parallel_experiments``, :mod:`glacier_mapping.parallel`); the results are then
+    read from the store, exactly as one after another.
+    """
+    from glacier_mapping.parallel import run_groups
+
+    missing = [region for region in regions if not context.store.exists(
+        "region_vector", _region_vector_params(region, "spatial", max_epochs, context.seed),
+        [trained.artifact])]
+    run_groups(context, _optimise_region_task, [[(trained, region, max_epochs)]
+                                                 for region in missing])
+    return {region: optimise_region(context, trained, region, max_epochs, load_model=load_model)
+            for region in regions}
+
+
+def _region_vector_params(
+    region: str, acquisition: str, max_epochs: int, seed: int
+) -> dict[str, Any]:
+    """What the key of a region-vector artifact is made of (besides the model)."""
+    return {"region": region, "acquisition": acquisition, "max_epochs": max_epochs, "seed": seed}
+
+
+def _optimise_region_task(context: Context, item: tuple[TrainedModel, str, int]) -> None:
+    """Worker task of :func:`optimise_regions`."""
+    trained, region, max_epochs = item
+    optimise_region(context, trained, region, max_epochs)
 
 
 def model_loader(trained: TrainedModel) -> Callable[[], Any]:

@@ -118,7 +118,11 @@ def parse_profile(raw: Any, source: str = "<memory>") -> Profile:  # noqa: ANN40
     budget = raw.get("notebook_budget_minutes")
     if budget is not None and (not isinstance(budget, int | float) or budget <= 0):
         raise ProfileError(f"Profile {source}: notebook_budget_minutes must be a positive number.")
-    _check_positive_ints(raw["training"], ("epochs", "steps_per_epoch", "batch_size"), source)
+    _check_positive_ints(
+        raw["training"],
+        ("epochs", "steps_per_epoch", "batch_size", "parallel_experiments"),
+        source,
+    )
     _check_distribute(raw["training"], source)
     momentum = raw["training"].get("batchnorm_momentum")
     if momentum is not None and (not isinstance(momentum, float) or not 0.0 < momentum < 1.0):

@@ -152,6 +152,12 @@ class ArtifactStore:
         self._log(kind, key, reused=False, seconds=seconds)
         return Artifact(kind, key, final, reused=False)
 
+    def exists(
+        self, kind: str, params: Mapping[str, Any], inputs: Sequence[Artifact] = ()
+    ) -> bool:
+        """Whether the artifact for ``(kind, params, inputs)`` is complete in the store."""
+        return (self.path_for(kind, artifact_key(kind, params, inputs)) / _META).is_file()
+
     def metadata(self, artifact: Artifact) -> dict[str, Any]:
         """The stored metadata of an artifact."""
         return json.loads((artifact.path / _META).read_text())

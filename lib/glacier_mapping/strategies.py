@@ -23,7 +23,7 @@ import dataclasses
 import json
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,12 +280,63 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
         return {"train_seconds": card["train_seconds"]}
 
     artifact = context.store.get_or_create(
-        "model", {**spec.key_params(), "data": context.data_key}, build,
+        "model", _model_params(context, spec), build,
         inputs=[parent.artifact] if parent else [], resumable=True,
     )
     card = json.loads(artifact.file("model_card.json").read_text())
     _publish(context, spec, artifact)
     return TrainedModel(spec, artifact, card)
+
+
+def _model_params(context: Context, spec: ExperimentSpec) -> dict[str, Any]:
+    """What the key of an experiment's model artifact is made of (besides its parent)."""
+    return {**spec.key_params(), "data": context.data_key}
+
+
+def train_experiments(
+    context: Context,
+    specs: Sequence[ExperimentSpec],
+    after: Callable[[Context, TrainedModel], Any] | None = None,
+    verbose: bool = True,
+) -> list[TrainedModel]:
+    """Train experiments (or reuse them), several at a time when the profile allows it.
+
+    Experiments of one build (architecture, inputs, preset) train one after another in one
+    process, reusing its traced steps; builds train side by side in worker processes
+    (``training.parallel_experiments``, see :mod:`glacier_mapping.parallel`). ``after``, a
+    module-level function, runs right after each training in the same process, while the model
+    is loaded: e.g. the predictions a chapter evaluates, which the chapter then finds in the
+    store. Models whose parent (finetuning) is missing get it trained first, here.
+    """
+    from glacier_mapping.parallel import run_groups
+
+    for parent in dict.fromkeys(spec.finetune_from for spec in specs if spec.finetune_from):
+        train_experiment(context, parent, verbose)
+    groups: dict[tuple[Any, ...], list[tuple[ExperimentSpec, Any, bool]]] = {}
+    for spec in specs:
+        if not _is_trained(context, spec):
+            groups.setdefault(_build_key(spec), []).append((spec, after, verbose))
+    by_cost = sorted(groups.values(), key=lambda group: -sum(
+        item[0].epochs * item[0].steps_per_epoch for item in group))  # longest first
+    run_groups(context, _train_and_follow, by_cost, describe=lambda item: item[0].name)
+    return [train_experiment(context, spec, verbose) for spec in specs]
+
+
+def _is_trained(context: Context, spec: ExperimentSpec) -> bool:
+    """Whether the experiment's model is in the store (its parent must be)."""
+    inputs = [train_experiment(context, spec.finetune_from, False).artifact] if (
+        spec.finetune_from) else []
+    return context.store.exists("model", _model_params(context, spec), inputs)
+
+
+def _train_and_follow(
+    context: Context, item: tuple[ExperimentSpec, Callable[..., Any] | None, bool]
+) -> None:
+    """Train one experiment, then run its follow-up (a worker task of train_experiments)."""
+    spec, after, verbose = item
+    trained = train_experiment(context, spec, verbose)
+    if after is not None:
+        after(context, trained)
 
 
 def _build_key(spec: ExperimentSpec) -> tuple[Any, ...]:
@@ -490,6 +541,45 @@ def model_facts(trained: TrainedModel, chapter: str) -> pd.DataFrame:
     ])
 
 
+#: The splits chapter 03 compares strategies on: label -> (split, acquisition).
+STRATEGY_SPLITS: dict[str, tuple[str, str | None]] = {
+    "test": ("test", None), "temporal": ("independent", "temporal"),
+    "spatial": ("independent", "spatial"),
+}
+
+
+def strategy_predictions(
+    context: Context, trained: TrainedModel, split: str, acquisition: str | None = None
+) -> Artifact | None:
+    """A strategy model's predictions on the regions of a split it applies to (None: none).
+
+    Regional and finetuned models apply only to their own regions; the others to every region
+    of the split (of the given acquisition kind, for the independent split).
+    """
+    import h5py
+
+    with h5py.File(context.benchmark.split_path(split), "r") as handle:
+        present = {
+            _text(g.attrs["region"]) for g in handle.values()
+            if acquisition is None or _text(g.attrs.get("acquisition", "")) == acquisition
+        }
+    regions = sorted(present & set(trained.spec.regions or present))
+    if not regions:
+        return None
+    return predict_split(context, trained, split, regions=regions, acquisition=acquisition)
+
+
+def predict_strategy_splits(context: Context, trained: TrainedModel) -> None:
+    """Every prediction chapter 03 evaluates a model on (an ``after`` of train_experiments)."""
+    for split, acquisition in STRATEGY_SPLITS.values():
+        strategy_predictions(context, trained, split, acquisition)
+
+
+def predict_test(context: Context, trained: TrainedModel) -> None:
+    """Predict the whole test split (an ``after`` of train_experiments, chapter 02)."""
+    predict_split(context, trained, "test")
+
+
 def evaluate_strategies(
     context: Context,
     experiments: dict[str, list[TrainedModel]],
@@ -508,23 +598,13 @@ def evaluate_strategies(
         ``(table, tidy)``: ``table`` has one row per strategy and region with the pooled
         counts and metrics; ``tidy`` is in the book's long metrics format.
     """
-    import h5py
-
-    path = context.benchmark.split_path(split)
-    with h5py.File(path, "r") as handle:
-        present = {
-            _text(g.attrs["region"]) for g in handle.values()
-            if acquisition is None or _text(g.attrs.get("acquisition", "")) == acquisition
-        }
     label = acquisition or split
     tables, tidy = [], []
     for strategy, models in experiments.items():
         for trained in models:
-            regions = sorted(present & set(trained.spec.regions or present))
-            if not regions:
+            predictions = strategy_predictions(context, trained, split, acquisition)
+            if predictions is None:
                 continue
-            predictions = predict_split(context, trained, split, regions=regions,
-                                        acquisition=acquisition)
             evaluation = evaluate_split(context, predictions)
             rows = evaluation[evaluation.level == "region"].assign(strategy=strategy,
                                                                    experiment=trained.spec.name)

@@ -30,6 +30,7 @@ DEEP_SUPERVISION_HEAD = "deepsupervision"
 GLACIER_IOU_NAME = "glacier_iou"
 
 BEST_MODEL_FILE = "best.keras"
+BEST_CHECKPOINT_FILE = "best.npz"
 HISTORY_FILE = "history.csv"
 STATE_FILE = "state.json"
 
@@ -329,8 +330,9 @@ class TrainResult:
     """What a training run produced.
 
     Attributes:
-        best_model_path: The checkpoint with the best monitored value (Keras native).
-        last_model_path: The checkpoint after the last completed epoch (with optimizer state).
+        best_model_path: The model with the best monitored value (Keras native).
+        last_checkpoint_path: Model and optimizer variables after the last completed epoch
+            (``.npz``; :func:`restore_checkpoint` loads them into a compiled model).
         history: One row per epoch: ``epoch`` (1-based), Keras logs, ``learning_rate`` (at
             the start of the epoch), ``seconds``.
         best_epoch: 1-based epoch of the best checkpoint.
@@ -340,7 +342,7 @@ class TrainResult:
     """
 
     best_model_path: Path
-    last_model_path: Path
+    last_checkpoint_path: Path
     history: pd.DataFrame
     best_epoch: int
     best_value: float
@@ -358,14 +360,16 @@ def train_model(
 ) -> TrainResult:
     """Compile and fit ``model``, checkpointing so that an interrupted run can resume.
 
-    Files in ``out_dir``: ``best.keras`` (best monitor value), ``last-epochNNNN.keras``
-    (latest epoch, with optimizer state), ``history.csv`` and ``state.json`` (the commit
-    point, written last each epoch). A rerun with the same configuration continues after the
-    last completed epoch (the optimizer step, hence the learning-rate position, is restored);
-    a completed run returns at once. After a resume the dataset iterator starts afresh, so
-    the data order matches an uninterrupted run only if every epoch covers whole passes of
-    ``train_ds``. On return, ``model`` holds the best weights. To train on several devices,
-    build ``model`` inside a ``tf.distribute`` strategy's ``scope()`` (see
+    Files in ``out_dir``: ``last-epochNNNN.npz`` (every model and optimizer variable after the
+    latest epoch), ``best.npz`` (the same at the best monitor value), ``history.csv`` and
+    ``state.json`` (the commit point, written last each epoch), and once training is complete
+    ``best.keras``, the best model in Keras format. (A Keras save takes about a second for
+    GlaViTU; the variables alone a few milliseconds.) A rerun with the same configuration
+    continues after the last completed epoch (the optimizer step, hence the learning-rate
+    position, is restored); a completed run returns at once. After a resume the dataset iterator
+    starts afresh, so the data order matches an uninterrupted run only if every epoch covers
+    whole passes of ``train_ds``. On return, ``model`` holds the best weights. To train on
+    several devices, build ``model`` inside a ``tf.distribute`` strategy's ``scope()`` (see
     :mod:`glacier_mapping.distribute`): it is compiled and fitted under that strategy, and the
     datasets' batch is the global batch, split over the replicas.
 
@@ -399,7 +403,7 @@ def train_model(
         if state["completed"]:
             return _finish(model, out_dir, state)
         if state["epoch"] > 0:
-            model.load_weights(out_dir / state["last_model"])
+            restore_checkpoint(model, out_dir / state["last_model"])
         elif config.init_weights is not None:
             _load_initial_weights(model, config.init_weights)
 
@@ -423,7 +427,7 @@ def train_model(
             )
         # When the last epoch was the best, the model already holds the best weights.
         best_in_memory = tracker.state["best_epoch"] == tracker.state["epoch"]
-        return _finish(model, out_dir, tracker.state, load_best=not best_in_memory)
+        return _finish(model, out_dir, tracker.state, best_in_memory)
 
 
 class _RunTracker(keras.callbacks.Callback):
@@ -474,10 +478,10 @@ class _RunTracker(keras.callbacks.Callback):
         }
         self.history = pd.concat([self.history, pd.DataFrame([row])], ignore_index=True)
 
-        last_model = f"last-epoch{completed:04d}.keras"
-        _save_model_atomic(self.model, self.out_dir / last_model)
-        if improved:  # a copy of the file just written (saving again costs about a second)
-            _copy_atomic(self.out_dir / last_model, self.out_dir / BEST_MODEL_FILE)
+        last_model = f"last-epoch{completed:04d}.npz"
+        _save_checkpoint(self.model, self.out_dir / last_model)
+        if improved:
+            _copy_atomic(self.out_dir / last_model, self.out_dir / BEST_CHECKPOINT_FILE)
         _write_atomic(self.out_dir / HISTORY_FILE, self.history.to_csv(index=False))
         previous_last = self.state["last_model"]
         self.state = {
@@ -674,15 +678,20 @@ def _read_history(out_dir: Path) -> pd.DataFrame:
 
 
 def _finish(
-    model: keras.Model, out_dir: Path, state: dict[str, Any], load_best: bool = True
+    model: keras.Model, out_dir: Path, state: dict[str, Any], best_in_memory: bool = False
 ) -> TrainResult:
-    """Load the best weights into ``model`` (unless it holds them) and describe the run."""
+    """Give ``model`` the best weights, save them as ``best.keras`` once, describe the run."""
     best = out_dir / BEST_MODEL_FILE
-    if load_best:
-        model.load_weights(best)
+    if best.is_file():
+        if not best_in_memory:
+            model.load_weights(best)
+    else:  # the run has just completed (or was interrupted right after its last epoch)
+        if not best_in_memory:
+            restore_checkpoint(model, out_dir / BEST_CHECKPOINT_FILE)
+        _save_model_atomic(model, best)
     return TrainResult(
         best_model_path=best,
-        last_model_path=out_dir / state["last_model"],
+        last_checkpoint_path=out_dir / state["last_model"],
         history=_read_history(out_dir).iloc[: state["epoch"]].reset_index(drop=True),
         best_epoch=int(state["best_epoch"]),
         best_value=float(state["best_value"]),
@@ -729,6 +738,45 @@ def _copy_atomic(source: Path, path: Path) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _checkpoint_variables(model: keras.Model) -> list[Any]:
+    """The variables a checkpoint holds: the model's, then its optimizer's."""
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            "The model must be compiled, with its optimizer built, to save or restore a "
+            "checkpoint (train_model does both)."
+        )
+    return [*model.variables, *model.optimizer.variables]
+
+
+def _save_checkpoint(model: keras.Model, path: Path) -> None:
+    """Write every model and optimizer variable to ``path`` (``.npz``) atomically."""
+    values = {f"v{index:05d}": ops.convert_to_numpy(variable)
+              for index, variable in enumerate(_checkpoint_variables(model))}
+    temporary = _temporary_name(path)
+    try:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **values)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def restore_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load a checkpoint of :func:`_save_checkpoint` into the (compiled) ``model``."""
+    variables = _checkpoint_variables(model)
+    with np.load(path, allow_pickle=False) as values:
+        names = sorted(values.files)
+        shapes = [values[name].shape for name in names]
+        expected = [tuple(variable.shape) for variable in variables]
+        if shapes != expected:
+            raise ValueError(
+                f"Checkpoint {path} holds {len(names)} variables that do not match this model "
+                f"and optimizer ({len(variables)} variables); delete {path.parent} to start over."
+            )
+        for name, variable in zip(names, variables, strict=True):
+            variable.assign(values[name])
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
