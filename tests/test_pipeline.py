@@ -37,7 +37,8 @@ def project(tmp_path):
         "store = ArtifactStore(Path(output_dir) / 'cache')\n"
         "art = store.get_or_create('numbers', {'seed': seed}, "
         "lambda d: (d / 'n.txt').write_text(str(seed)))\n"
-        "print(art.reused)",
+        "again = store.get_or_create('numbers', {'seed': seed}, print)\n"
+        "print(art.reused, again.reused)",
     )
     _notebook(notebooks / "02_second.ipynb", "assert size == 3, size\nresult = size * 2")
     return tmp_path, notebooks, profile
@@ -52,6 +53,7 @@ def test_runs_in_order_and_writes_manifest(project):
     first, second = written["notebooks"]
     assert second["parameters"]["size"] == 3 and first["parameters"]["seed"] == 5
     assert first["seconds"] > 0 and first["peak_memory_mb"] > 10
+    # Built, then read again in the same notebook: one artifact, computed.
     assert first["artifacts_computed"] == 1 and first["artifacts_reused"] == 0
     assert {"keras", "numpy", "python"} <= set(written["versions"])
     assert (root / "outputs" / "tiny" / "notebooks" / "02_second.ipynb").is_file()

@@ -6,6 +6,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -305,3 +307,20 @@ def test_a_model_trained_again_reuses_its_steps_and_matches_a_fresh_model(tmp_pa
     train_model(again, dataset().repeat(), dataset(),
                 dataclasses.replace(config, learning_rate=5e-3), tmp_path / "lr", False)
     assert again.train_function is not train_step
+
+
+def test_a_trained_model_loads_for_inference_without_the_training_module(tmp_path):
+    """Deployment loads book models in processes that never import glacier_mapping.training
+    (whose optimizer and schedule the file's training setup names)."""
+    result = train_model(tiny_model(), dataset().repeat(), dataset(), CONFIG, tmp_path, False)
+    code = (
+        "import sys\n"
+        "from glacier_mapping.models import load_model\n"
+        "model = load_model(sys.argv[1])\n"
+        "assert 'glacier_mapping.training' not in sys.modules\n"
+        "print(len(model.get_weights()))\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(result.best_model_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert int(child.stdout.split()[-1]) == len(tiny_model().get_weights())

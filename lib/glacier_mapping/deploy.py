@@ -129,12 +129,10 @@ def _load_model(model_path: Path) -> Any:  # noqa: ANN401 - a keras.Model
     """Load a ``.keras`` model in safe mode, with a clear error."""
     if not model_path.is_file():
         raise DeploymentError(f"Model file {model_path} does not exist; pass --model PATH.keras.")
-    import keras
-
-    import glacier_mapping.models  # noqa: F401 - registers the custom layers
+    from glacier_mapping.models import load_model
 
     try:
-        return keras.saving.load_model(model_path)
+        return load_model(model_path)
     except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as error:
         raise DeploymentError(
             f"{model_path}: cannot be loaded as a Keras model ({error}); pass a model saved "

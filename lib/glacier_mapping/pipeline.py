@@ -286,8 +286,11 @@ def run_pipeline(
             echo(f"FAIL {notebook.stem}")
             raise
         events = store.events()[events_before:]
-        run.artifacts_reused = sum(1 for e in events if e["reused"])
-        run.artifacts_computed = sum(1 for e in events if not e["reused"])
+        # Distinct artifacts: one computed by a worker process and then read by the
+        # notebook counts once, as computed.
+        computed = {(e["kind"], e["key"]) for e in events if not e["reused"]}
+        run.artifacts_computed = len(computed)
+        run.artifacts_reused = len({(e["kind"], e["key"]) for e in events} - computed)
         manifest["notebooks"].append(run.__dict__)
         echo(
             f"ok   {run.seconds:7.1f} s  {run.peak_memory_mb:7.0f} MB  {notebook.stem}  "

@@ -602,13 +602,11 @@ def predict_everest(context: Context, trained: EverestModel, scene: EverestScene
     settings = trained.settings
 
     def build(directory: Path) -> dict[str, Any]:
-        import keras
-
-        import glacier_mapping.models  # noqa: F401 - registers the custom layers
+        from glacier_mapping.models import load_model
 
         data = load_everest(scene)
         window = split_parts(data.shape, settings.split, settings.gap, settings.val_size)[part]
-        model = keras.saving.load_model(trained.model_path)
+        model = load_model(trained.model_path)
         features = model_features(data, card_norm_stats(trained.card), window)
         probs = predict_array(model, {"optical": features}, settings.patch_size)
         np.save(directory / "probs.npy", probs[..., 1].astype(np.float16))

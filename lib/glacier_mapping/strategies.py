@@ -135,12 +135,10 @@ class TrainedModel:
         return self.artifact.file("model.keras")
 
     def load(self) -> Any:  # noqa: ANN401
-        """Load the model (Keras safe mode; custom layers are registered)."""
-        import keras
+        """Load the model for inference (Keras safe mode; custom layers are registered)."""
+        from glacier_mapping.models import load_model
 
-        import glacier_mapping.models  # noqa: F401  (registers custom layers)
-
-        return keras.saving.load_model(self.model_path)
+        return load_model(self.model_path)
 
 
 def global_experiment(

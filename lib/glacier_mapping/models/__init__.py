@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 
@@ -34,6 +35,15 @@ def build_model(
     raise ValueError(f"Unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}.")
 
 
+def load_model(path: str | Path) -> keras.Model:
+    """Load a ``.keras`` model of this library for inference (Keras safe mode, not compiled).
+
+    The file's training setup (optimizer, schedule, loss) is not restored: inference does not
+    need it, and restoring it would require importing the training module's custom objects.
+    """
+    return keras.saving.load_model(path, compile=False)
+
+
 __all__ = [
     "ARCHITECTURES",
     "PRESETS",
@@ -42,6 +52,7 @@ __all__ = [
     "build_deeplab",
     "build_glavitu",
     "build_model",
+    "load_model",
     "count_parameters",
     "get_preset",
     "set_mc_dropout",
