@@ -37,6 +37,7 @@ def run_groups(
     task: Callable[[Context, Item], None],
     groups: Sequence[Sequence[Item]],
     describe: Callable[[Item], str] = str,
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
     """Run ``task(context, item)`` for every item, a group at a time per worker process.
 
@@ -45,6 +46,7 @@ def run_groups(
     :func:`worker_count` processes, or in this process when that is 1 or there is only one
     group. ``task`` must be a module-level function: it is sent to the workers by name. What a
     group prints is shown here, whole and in group order, once the group is done.
+    ``meanwhile`` runs here while the workers run (after the groups, without workers).
 
     Raises:
         RuntimeError: When a worker process dies (e.g. out of memory), naming its items.
@@ -55,10 +57,14 @@ def run_groups(
         for group in groups:
             for item in group:
                 task(context, item)
+        if meanwhile is not None:
+            meanwhile()
         return
     spawn = multiprocessing.get_context("spawn")  # never fork a process running TensorFlow
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
         futures = [pool.submit(_run_group, context, task, list(group)) for group in groups]
+        if meanwhile is not None:
+            meanwhile()
         for future, group in zip(futures, groups, strict=True):
             try:
                 printed = future.result()

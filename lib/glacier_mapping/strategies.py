@@ -249,8 +249,9 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
         common = dict(sensors=spec.sensors, patch_size=spec.patch_size,
                       batch_size=spec.batch_size, location=spec.location,
                       deep_supervision=deep_supervision, regions=spec.regions)
-        train_ds = make_patch_dataset(bench.train, mode="random", augment=True,
-                                      seed=spec.seed, **common)
+        # Exactly the batches the run needs (see make_patch_dataset's ``steps``).
+        train_ds = make_patch_dataset(bench.train, mode="random", augment=True, seed=spec.seed,
+                                      steps=spec.epochs * spec.steps_per_epoch, **common)
         val_ds = make_patch_dataset(bench.val, mode="sequential", augment=False,
                                     label_smoothing=0.0, seed=spec.seed, **common)
         config = _train_config(spec, parent, bool(context.profile.training.get("run_eagerly")))
@@ -304,19 +305,29 @@ def train_experiments(
     (``training.parallel_experiments``, see :mod:`glacier_mapping.parallel`). ``after``, a
     module-level function, runs right after each training in the same process, while the model
     is loaded: e.g. the predictions a chapter evaluates, which the chapter then finds in the
-    store. Models whose parent (finetuning) is missing get it trained first, here.
+    store; for models trained before, it runs here while the workers train. Models whose parent
+    (finetuning) is missing get it trained first, here.
     """
     from glacier_mapping.parallel import run_groups
 
     for parent in dict.fromkeys(spec.finetune_from for spec in specs if spec.finetune_from):
         train_experiment(context, parent, verbose)
     groups: dict[tuple[Any, ...], list[tuple[ExperimentSpec, Any, bool]]] = {}
+    trained = []
     for spec in specs:
-        if not _is_trained(context, spec):
+        if _is_trained(context, spec):
+            trained.append(spec)
+        else:
             groups.setdefault(_build_key(spec), []).append((spec, after, verbose))
     by_cost = sorted(groups.values(), key=lambda group: -sum(
         item[0].epochs * item[0].steps_per_epoch for item in group))  # longest first
-    run_groups(context, _train_and_follow, by_cost, describe=lambda item: item[0].name)
+
+    def follow_trained() -> None:  # here, while the workers train the others
+        for spec in trained if after is not None else []:
+            after(context, train_experiment(context, spec, verbose))
+
+    run_groups(context, _train_and_follow, by_cost, describe=lambda item: item[0].name,
+               meanwhile=follow_trained)
     return [train_experiment(context, spec, verbose) for spec in specs]
 
 

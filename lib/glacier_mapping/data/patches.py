@@ -226,7 +226,10 @@ def make_patch_dataset(
         deep_supervision: also yield the ``"deepsupervision"`` target.
         seed: seed of the patch sampler.
         steps: number of batches (random mode: required for a finite dataset; sequential:
-            a cap).
+            a cap). For training, pass every batch the run needs (epochs x steps per epoch):
+            an endless stream leaves tf.data's prefetch thread inside this Python generator
+            when ``fit`` ends, and destroying the iterator then stalled for 15-60 s (seen on a
+            2-core CPU with two trainings side by side).
         regions: only use tiles of these region codes.
 
     Returns:
