@@ -48,6 +48,8 @@ def test_random_mode_shapes_and_dtypes():
     assert inputs["location"].shape == (4, 12) and inputs["optical"].dtype.name == "float32"
     assert set(targets) == {"output", "deepsupervision"}
     assert targets["output"].shape == (4, 32, 32, 2)
+    # No autotune model thread: destroying an iterator at the end of fit waited for it.
+    assert ds.options().autotune.enabled is False
 
 
 def test_same_seed_same_patches():

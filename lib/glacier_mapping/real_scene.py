@@ -525,7 +525,7 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
         model = build_model(settings.architecture, ("optical",), size, settings.preset)
         common = dict(sensors=("optical",), patch_size=size, batch_size=settings.batch_size,
                       seed=settings.seed, deep_supervision=settings.architecture == "glavitu")
-        train_ds = make_patch_dataset(train, mode="random", augment=True, steps=steps, **common)
+        train_ds = make_patch_dataset(train, mode="random", augment=True, **common)
         val_ds = make_patch_dataset(val, mode="sequential", augment=False, label_smoothing=0.0,
                                     **common)
         config = TrainConfig(epochs=settings.epochs, steps_per_epoch=settings.steps_per_epoch,

@@ -249,9 +249,8 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
         common = dict(sensors=spec.sensors, patch_size=spec.patch_size,
                       batch_size=spec.batch_size, location=spec.location,
                       deep_supervision=deep_supervision, regions=spec.regions)
-        # Exactly the batches the run needs (see make_patch_dataset's ``steps``).
-        train_ds = make_patch_dataset(bench.train, mode="random", augment=True, seed=spec.seed,
-                                      steps=spec.epochs * spec.steps_per_epoch, **common)
+        train_ds = make_patch_dataset(bench.train, mode="random", augment=True,
+                                      seed=spec.seed, **common)
         val_ds = make_patch_dataset(bench.val, mode="sequential", augment=False,
                                     label_smoothing=0.0, seed=spec.seed, **common)
         config = _train_config(spec, parent, bool(context.profile.training.get("run_eagerly")))

@@ -193,6 +193,21 @@ def count_patches(tiles: Sequence[Tile], patch_size: int) -> int:
     return sum(len(_windows(tile, patch_size)) for tile in tiles)
 
 
+def _options_without_autotune() -> tf.data.Options:
+    """tf.data options with autotuning off (the pipeline has no AUTOTUNE parameter).
+
+    Autotuning runs a model thread whose wait grows up to a minute; destroying an iterator
+    waits for it, so ``fit`` stalled 15-60 s at its end (gdb: ``~RootDataset::Iterator``
+    waiting on ``model::Model::OptimizeLoop``) on a 2-core CPU.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
+_WITHOUT_AUTOTUNE = _options_without_autotune()
+
+
 def make_patch_dataset(
     tiles: str | Path | Sequence[Tile],
     sensors: Sequence[str],
@@ -226,10 +241,7 @@ def make_patch_dataset(
         deep_supervision: also yield the ``"deepsupervision"`` target.
         seed: seed of the patch sampler.
         steps: number of batches (random mode: required for a finite dataset; sequential:
-            a cap). For training, pass every batch the run needs (epochs x steps per epoch):
-            an endless stream leaves tf.data's prefetch thread inside this Python generator
-            when ``fit`` ends, and destroying the iterator then stalled for 15-60 s (seen on a
-            2-core CPU with two trainings side by side).
+            a cap).
         regions: only use tiles of these region codes.
 
     Returns:
@@ -311,7 +323,7 @@ def make_patch_dataset(
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     if steps is not None:
         dataset = dataset.take(steps)
-    return dataset.prefetch(2)
+    return dataset.prefetch(2).with_options(_WITHOUT_AUTOTUNE)
 
 
 def measure_throughput(dataset: tf.data.Dataset, batches: int = 20) -> dict[str, float]:
