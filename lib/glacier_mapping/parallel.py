@@ -1,11 +1,13 @@
 """Independent experiments in worker processes, one TensorFlow runtime each.
 
-Training the book's small models keeps a 2-core CPU only about 60 % busy: tracing a train
-step is single-threaded Python, and convolutions over 64 px patches parallelise poorly.
-Measured with four GlaViTU ablation models (3 x 25 steps each): one after another in one
-process 160 s; two at a time in two processes 110 s. Workers use TensorFlow's default
-threading, like the main process, and results do not depend on which process trained a model
-(tested).
+Training the book's small models leaves part of a 2-core CPU idle: tracing a train step is
+single-threaded Python, and convolutions over 64 px patches parallelise poorly. Measured with
+four GlaViTU ablation models (3 x 25 steps each, before tf.data's autotune stalls were removed,
+see ``data.patches``): one after another in one process 160 s; two at a time in two processes
+110 s. Workers use TensorFlow's default threading, like the main process, and results do not
+depend on which process trained a model (tested). Work that already keeps both cores busy
+gains little: chapter 06's two bias optimisations took 92 s side by side against about 55 s
+each one after another.
 """
 
 from __future__ import annotations
