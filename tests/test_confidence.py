@@ -248,7 +248,7 @@ def test_vectors_and_frames():
     assert frame.change.sum() == pytest.approx(0.0)
 
 
-def test_bias_optimisation_and_vector_predictions(ctx, trained):
+def test_bias_optimisation_and_vector_predictions(ctx, trained, monkeypatch):
     model = _toy_model()
     assert conf.unseen_regions(ctx, trained) == ["SC"]
     result = conf.optimise_region(ctx, trained, "SC", max_epochs=2, load_model=lambda: model)
@@ -256,6 +256,12 @@ def test_bias_optimisation_and_vector_predictions(ctx, trained):
     published = ctx.output_dir / "region_vectors" / "SC.json"
     assert result["path"] == published
     assert json.loads(published.read_text())["metadata"]["region"] == "SC"
+    # The parallel form finds the stored vector: it hands no region to the workers.
+    handed = []
+    monkeypatch.setattr("glacier_mapping.parallel.run_groups",
+                        lambda context, task, groups: handed.extend(groups))
+    again = conf.optimise_regions(ctx, trained, ["SC"], max_epochs=2, load_model=lambda: model)
+    assert handed == [] and np.array_equal(again["SC"]["vector"], result["vector"])
 
     table = conf.compare_region_vectors(ctx, trained, "SC",
                                         conf.region_vectors("SC", result["vector"]),

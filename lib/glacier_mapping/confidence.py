@@ -565,7 +565,7 @@ def optimise_region(
 
 def optimise_regions(
     context: Context, trained: TrainedModel, regions: Sequence[str], max_epochs: int,
-    load_model: Callable[[], Any] | None = None,
+    acquisition: str = "spatial", load_model: Callable[[], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`optimise_region` for several regions, side by side in worker processes.
 
@@ -576,11 +576,12 @@ def optimise_regions(
     from glacier_mapping.parallel import run_groups
 
     missing = [region for region in regions if not context.store.exists(
-        "region_vector", _region_vector_params(region, "spatial", max_epochs, context.seed),
+        "region_vector", _region_vector_params(region, acquisition, max_epochs, context.seed),
         [trained.artifact])]
-    run_groups(context, _optimise_region_task, [[(trained, region, max_epochs)]
-                                                 for region in missing])
-    return {region: optimise_region(context, trained, region, max_epochs, load_model=load_model)
+    run_groups(context, _optimise_region_task,
+               [[(trained, region, max_epochs, acquisition)] for region in missing])
+    return {region: optimise_region(context, trained, region, max_epochs, acquisition,
+                                    load_model=load_model)
             for region in regions}
 
 
@@ -591,10 +592,10 @@ def _region_vector_params(
     return {"region": region, "acquisition": acquisition, "max_epochs": max_epochs, "seed": seed}
 
 
-def _optimise_region_task(context: Context, item: tuple[TrainedModel, str, int]) -> None:
+def _optimise_region_task(context: Context, item: tuple[TrainedModel, str, int, str]) -> None:
     """Worker task of :func:`optimise_regions`."""
-    trained, region, max_epochs = item
-    optimise_region(context, trained, region, max_epochs)
+    trained, region, max_epochs, acquisition = item
+    optimise_region(context, trained, region, max_epochs, acquisition)
 
 
 def model_loader(trained: TrainedModel) -> Callable[[], Any]:
