@@ -289,3 +289,24 @@ def test_validation_part_and_errors_by_illumination(everest: rs.EverestData) -> 
     # the threshold's glacier is exactly the "bright" class
     classes = rs.illumination_classes(everest.rgb_dn[window])
     np.testing.assert_array_equal(classes == 0, result.threshold)
+
+
+def test_everest_model_depends_on_its_seed_not_on_earlier_random_draws(tmp_path: Path) -> None:
+    import keras
+
+    from glacier_mapping.workflow import open_context
+
+    try:
+        scene = everest_scene(None)
+    except RealSceneNotAvailable as error:
+        pytest.skip(f"Everest scene not available (shared/real_scenes absent): {error}")
+    weights = []
+    for run, draws in enumerate((0, 3)):
+        for _ in range(draws):  # what a notebook may have done before with Keras' global seed
+            keras.layers.Dense(2).build((None, 2))
+        ctx = open_context("smoke", "", tmp_path / str(run), 42)
+        settings = dataclasses.replace(rs.everest_settings(ctx.profile), epochs=1,
+                                       steps_per_epoch=2)
+        trained = rs.train_everest(ctx, scene, settings, verbose=False)
+        weights.append(keras.saving.load_model(trained.model_path, compile=False).get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))

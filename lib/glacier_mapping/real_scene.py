@@ -504,6 +504,8 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
 
     The model and its card are also copied to ``outputs/<profile>/models/everest-<arch>``.
     """
+    import keras
+
     from glacier_mapping.data.patches import make_patch_dataset
     from glacier_mapping.models import build_model, count_parameters
     from glacier_mapping.training import TrainConfig, train_model
@@ -522,6 +524,7 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
         if verbose:
             print(f"Training {name} ({settings.architecture}/{settings.preset}, optical "
                   f"without SWIR, {settings.epochs} epochs of {settings.steps_per_epoch} steps)")
+        keras.utils.set_random_seed(settings.seed)  # initial weights: the seed, not history
         model = build_model(settings.architecture, ("optical",), size, settings.preset)
         common = dict(sensors=("optical",), patch_size=size, batch_size=settings.batch_size,
                       seed=settings.seed, deep_supervision=settings.architecture == "glavitu")
