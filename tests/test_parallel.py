@@ -1,6 +1,7 @@
-"""Experiments trained in worker processes match those trained one after another."""
+"""Experiments trained in worker processes: the same weights however they are grouped."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import keras
@@ -10,8 +11,14 @@ import pytest
 from glacier_mapping.config import ProfileError, load_profile
 from glacier_mapping.data.benchmark import BenchmarkFiles
 from glacier_mapping.data.tiles import make_tile, write_tiles
+from glacier_mapping.parallel import available_cores, run_groups, worker_threads
 from glacier_mapping.store import ArtifactStore
-from glacier_mapping.strategies import ExperimentSpec, predict_test, train_experiments
+from glacier_mapping.strategies import (
+    ExperimentSpec,
+    predict_test,
+    train_experiment,
+    train_experiments,
+)
 from glacier_mapping.workflow import Context
 
 SIZE, PATCH = 32, 16
@@ -55,28 +62,50 @@ def _specs(**changes):
     ]
 
 
-def test_parallel_training_equals_sequential_and_reruns_train_nothing(benchmark, tmp_path,
-                                                                      capsys):
-    parallel_ctx = _context(benchmark, tmp_path / "parallel", workers=2)
-    parallel = train_experiments(parallel_ctx, _specs(), after=predict_test)
+def test_training_together_equals_training_one_at_a_time_and_reruns_train_nothing(
+        benchmark, tmp_path, capsys):
+    together_ctx = _context(benchmark, tmp_path / "together", workers=2)
+    together = train_experiments(together_ctx, _specs(), after=predict_test)
     printed = capsys.readouterr().out
-    sequential = train_experiments(_context(benchmark, tmp_path / "serial", workers=1), _specs())
+    # One at a time, as a chapter run alone would: each model still trains in a worker.
+    alone_ctx = _context(benchmark, tmp_path / "alone", workers=2)
+    alone = [train_experiment(alone_ctx, spec) for spec in _specs()]
 
-    assert [m.spec.name for m in parallel] == ["both-seed1", "optical-seed1", "both-seed2"]
+    assert [m.spec.name for m in together] == ["both-seed1", "optical-seed1", "both-seed2"]
     for name in ("both-seed1", "optical-seed1", "both-seed2"):  # workers print whole groups
         assert printed.count(f"Training {name} ") == 1
-    for one, other in zip(parallel, sequential, strict=True):
+    for one, other in zip(together, alone, strict=True):
         first = keras.saving.load_model(one.model_path).get_weights()
         second = keras.saving.load_model(other.model_path).get_weights()
         assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     # The follow-up ran in the workers: the test predictions are already in the store.
-    events = parallel_ctx.store.events()
+    events = together_ctx.store.events()
     assert sum(e["kind"] == "predictions" and not e["reused"] for e in events) == 3
 
-    again = train_experiments(parallel_ctx, _specs(), after=predict_test)
-    new_events = parallel_ctx.store.events()[len(events):]
+    again = train_experiments(together_ctx, _specs(), after=predict_test)
+    new_events = together_ctx.store.events()[len(events):]
     assert new_events and all(e["reused"] for e in new_events)
-    assert [m.artifact.key for m in again] == [m.artifact.key for m in parallel]
+    assert [m.artifact.key for m in again] == [m.artifact.key for m in together]
+
+
+def _record_process(context, item):
+    """A run_groups task: write this process's id and TensorFlow thread count."""
+    import tensorflow as tf
+
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    Path(item).write_text(f"{os.getpid()} {threads}")
+
+
+def test_even_a_single_task_runs_in_a_worker_with_its_share_of_the_cores(benchmark, tmp_path):
+    ctx = _context(benchmark, tmp_path, workers=2)
+    record = tmp_path / "record.txt"
+    run_groups(ctx, _record_process, [[str(record)]])
+    pid, threads = map(int, record.read_text().split())
+    assert pid != os.getpid()
+    assert threads == worker_threads(ctx) == max(1, available_cores() // 2)
+
+    run_groups(_context(benchmark, tmp_path, workers=1), _record_process, [[str(record)]])
+    assert int(record.read_text().split()[0]) == os.getpid()
 
 
 def test_a_failure_in_a_worker_reaches_the_caller(benchmark, tmp_path):

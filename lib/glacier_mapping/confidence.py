@@ -52,6 +52,7 @@ from glacier_mapping.data.schema import GLACIER_CLASS, LOCATION_SLOTS, UNKNOWN_R
 from glacier_mapping.data.tiles import Tile, read_tile
 from glacier_mapping.evaluation import COUNT_COLUMNS, OVERALL, confusion_counts
 from glacier_mapping.iou_estimation import estimate_iou, estimation_quality, expected_counts
+from glacier_mapping.parallel import run_groups, uses_workers
 from glacier_mapping.store import Artifact, atomic_write_json
 from glacier_mapping.strategies import (
     TrainedModel,
@@ -530,6 +531,13 @@ def optimise_region(
 
     seed = context.seed if seed is None else seed
     spec = trained.spec
+    params = _region_vector_params(region, acquisition, max_epochs, seed)
+    if uses_workers(context) and not context.store.exists("region_vector", params,
+                                                          [trained.artifact]):
+        # Optimised in a worker, like every gradient task of this profile: its result must
+        # not depend on where it ran (see glacier_mapping.parallel); then read from the store.
+        run_groups(context, _optimise_region_task,
+                   [[(trained, region, max_epochs, acquisition, seed)]])
 
     def build(directory: Path) -> dict[str, Any]:
         from glacier_mapping.adaptation import optimise_region_vector, save_region_vector
@@ -547,9 +555,8 @@ def optimise_region(
             "seconds": round(seconds, 1)})
         return {"epochs_run": result.epochs_run}
 
-    artifact = context.store.get_or_create(
-        "region_vector", _region_vector_params(region, acquisition, max_epochs, seed), build,
-        inputs=[trained.artifact])
+    artifact = context.store.get_or_create("region_vector", params, build,
+                                           inputs=[trained.artifact])
     target = context.output_dir / "region_vectors" / f"{region}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -573,13 +580,11 @@ def optimise_regions(
     (``training.parallel_experiments``, :mod:`glacier_mapping.parallel`); the results are then
     read from the store, exactly as one after another.
     """
-    from glacier_mapping.parallel import run_groups
-
     missing = [region for region in regions if not context.store.exists(
         "region_vector", _region_vector_params(region, acquisition, max_epochs, context.seed),
         [trained.artifact])]
     run_groups(context, _optimise_region_task,
-               [[(trained, region, max_epochs, acquisition)] for region in missing])
+               [[(trained, region, max_epochs, acquisition, context.seed)] for region in missing])
     return {region: optimise_region(context, trained, region, max_epochs, acquisition,
                                     load_model=load_model)
             for region in regions}
@@ -592,10 +597,12 @@ def _region_vector_params(
     return {"region": region, "acquisition": acquisition, "max_epochs": max_epochs, "seed": seed}
 
 
-def _optimise_region_task(context: Context, item: tuple[TrainedModel, str, int, str]) -> None:
-    """Worker task of :func:`optimise_regions`."""
-    trained, region, max_epochs, acquisition = item
-    optimise_region(context, trained, region, max_epochs, acquisition)
+def _optimise_region_task(
+    context: Context, item: tuple[TrainedModel, str, int, str, int]
+) -> None:
+    """Worker task of :func:`optimise_regions` and :func:`optimise_region`."""
+    trained, region, max_epochs, acquisition, seed = item
+    optimise_region(context, trained, region, max_epochs, acquisition, seed)
 
 
 def model_loader(trained: TrainedModel) -> Callable[[], Any]:

@@ -220,14 +220,21 @@ def _train_config(
 
 
 def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = True) -> TrainedModel:
-    """Train an experiment once (or reuse it); write its model card to ``outputs/.../models``."""
+    """Train an experiment once (or reuse it); write its model card to ``outputs/.../models``.
+
+    When the profile trains in worker processes, a model not yet trained is trained in one
+    (see :mod:`glacier_mapping.parallel`: its weights must not depend on where it trained).
+    """
     import keras
 
     from glacier_mapping.data.patches import make_patch_dataset
     from glacier_mapping.distribute import training_strategy
     from glacier_mapping.models import build_model, count_parameters
+    from glacier_mapping.parallel import uses_workers
     from glacier_mapping.training import train_model
 
+    if uses_workers(context) and not _is_trained(context, spec):
+        return train_experiments(context, [spec], verbose=verbose)[0]
     parent = train_experiment(context, spec.finetune_from, verbose) if spec.finetune_from else None
     deep_supervision = spec.architecture == "glavitu"
     bench = context.benchmark
