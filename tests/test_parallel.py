@@ -15,6 +15,7 @@ from glacier_mapping.parallel import available_cores, run_groups, worker_threads
 from glacier_mapping.store import ArtifactStore
 from glacier_mapping.strategies import (
     ExperimentSpec,
+    predict_split,
     predict_test,
     train_experiment,
     train_experiments,
@@ -81,6 +82,12 @@ def test_training_together_equals_training_one_at_a_time_and_reruns_train_nothin
     # The follow-up ran in the workers: the test predictions are already in the store.
     events = together_ctx.store.events()
     assert sum(e["kind"] == "predictions" and not e["reused"] for e in events) == 3
+    # ... made by the model still in memory after training, the same as from its saved file.
+    for one, other in zip(together, alone, strict=True):
+        kept = np.load(predict_split(together_ctx, one, "test").file("probs.npz"))
+        loaded = np.load(predict_split(alone_ctx, other, "test").file("probs.npz"))
+        assert all(np.array_equal(kept[name], loaded[name]) for name in loaded.files)
+    events = together_ctx.store.events()
 
     again = train_experiments(together_ctx, _specs(), after=predict_test)
     new_events = together_ctx.store.events()[len(events):]

@@ -55,6 +55,7 @@ from glacier_mapping.iou_estimation import estimate_iou, estimation_quality, exp
 from glacier_mapping.parallel import run_groups, uses_workers
 from glacier_mapping.store import Artifact, atomic_write_json
 from glacier_mapping.strategies import (
+    TILE_WINDOWS_PER_CALL,
     TrainedModel,
     evaluate_split,
     train_experiment,
@@ -657,6 +658,7 @@ def predict_with_vector(
             if acquisition is not None and kind != acquisition:
                 continue
             probs = predict_array(model, tile.features, spec.patch_size,
+                                  batch_size=TILE_WINDOWS_PER_CALL,
                                   location=vector.astype(np.float32))
             probabilities[tile.name] = probs[..., GLACIER_CLASS].astype(np.float16)
             rows.append({"tile": tile.name, "region": tile.region, "subregion": tile.subregion,
