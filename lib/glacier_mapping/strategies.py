@@ -233,9 +233,11 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
     from glacier_mapping.parallel import uses_workers
     from glacier_mapping.training import train_model
 
-    if uses_workers(context) and not _is_trained(context, spec):
-        return train_experiments(context, [spec], verbose=verbose)[0]
     parent = train_experiment(context, spec.finetune_from, verbose) if spec.finetune_from else None
+    inputs = [parent.artifact] if parent else []
+    if uses_workers(context) and not context.store.exists(
+            "model", _model_params(context, spec), inputs):
+        return train_experiments(context, [spec], verbose=verbose)[0]
     deep_supervision = spec.architecture == "glavitu"
     bench = context.benchmark
 
@@ -287,8 +289,7 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
 
     trained_here: list[Any] = []  # the kept model, which ends holding the best weights
     artifact = context.store.get_or_create(
-        "model", _model_params(context, spec), build,
-        inputs=[parent.artifact] if parent else [], resumable=True,
+        "model", _model_params(context, spec), build, inputs=inputs, resumable=True,
     )
     if trained_here:
         _keep(spec, trained_here[0], holds=artifact.key)
