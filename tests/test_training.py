@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
+from glacier_mapping import inference
 from glacier_mapping.training import (
     CosineRestarts,
     FocalLoss,
@@ -165,6 +166,28 @@ def test_train_writes_checkpoints_and_history(tmp_path, capsys):
         np.testing.assert_array_equal(loaded, trained)
 
 
+def test_validation_equals_keras_evaluate_on_the_same_weights(tmp_path):
+    """The validation logs (inference function, NumPy loss and IoU) are Keras's numbers."""
+    model = tiny_model()
+    result = train_model(model, dataset().repeat(), dataset(count=12), CONFIG, tmp_path, False)
+    model.compile(
+        loss={"output": FocalLoss(), "deepsupervision": FocalLoss()},
+        loss_weights={"output": 1.0, "deepsupervision": 0.5},
+        metrics={"output": [GlacierIoU()]},
+    )
+    # The last batch (4 of 12, rebatched to 32) is one call; Keras sees batches of 4.
+    keras_logs = model.evaluate(dataset(count=12), return_dict=True, verbose=0)
+    history = result.history
+    ours = history[history["epoch"] == result.best_epoch].iloc[0]  # the weights model holds
+    assert ours["val_loss"] == pytest.approx(keras_logs["loss"], rel=1e-5)
+    assert ours["val_output_loss"] == pytest.approx(keras_logs["output_loss"], rel=1e-5)
+    assert ours["val_deepsupervision_loss"] == pytest.approx(
+        keras_logs["deepsupervision_loss"], rel=1e-5)
+    assert ours["val_output_glacier_iou"] == pytest.approx(
+        keras_logs["output_glacier_iou"], rel=1e-6)
+    assert 0.0 < ours["val_output_glacier_iou"] < 1.0
+
+
 def _batchnorm_model() -> keras.Model:
     keras.utils.set_random_seed(4)
     inputs = {"optical": keras.Input((8, 8, 3), name="optical"),
@@ -293,15 +316,17 @@ def test_a_model_trained_again_reuses_its_steps_and_matches_a_fresh_model(tmp_pa
     other = _training_model(dataclasses.replace(spec, seed=5), _dropout_model(5))
     train_model(other, dataset().repeat(), dataset(), dataclasses.replace(config, seed=5),
                 tmp_path / "other", False)
-    train_step, validation_step = other.train_function, other.test_function
+    train_step = other.train_function
+    forward = inference._compiled(other)  # validation runs the inference function
     again = _training_model(spec, _dropout_model(3))
     assert again is other  # the earlier model, now holding the fresh model's values
     train_model(again, dataset().repeat(), dataset(), config, tmp_path / "again", False)
-    assert again.train_function is train_step and again.test_function is validation_step
+    assert again.train_function is train_step and inference._compiled(again) is forward
+    assert forward.experimental_get_tracing_count() == 1
     for reused, fresh in zip(again.variables, reference.variables, strict=True):
         np.testing.assert_array_equal(reused.numpy(), fresh.numpy(), err_msg=reused.path)
     assert int(again.optimizer.iterations) == config.epochs * config.steps_per_epoch
-    # Grappler is off only while training (see _without_graph_rewrites).
+    # Grappler is off only while training (see _graph_rewrites).
     assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer")
     # Another schedule changes the traced step: compiled afresh.
     train_model(again, dataset().repeat(), dataset(),

@@ -212,6 +212,26 @@ def predict_windows(
     return (total / np.float32(mc_passes)).astype(np.float32)
 
 
+def predict_heads(model: keras.Model, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Predict every output head's probabilities of a batch of windows, deterministically.
+
+    Runs the compiled function :func:`predict_windows` uses, so validation during training
+    traces nothing that the model's later predictions would not trace anyway.
+
+    Args:
+        model: Keras model with dict inputs and a dict output with an ``"output"`` entry.
+        batch: Input name -> ``(B, ...)`` arrays, including the location input if the model
+            takes one (inputs the model lacks are ignored).
+
+    Returns:
+        Head name -> float32 probabilities ``(B, P, P, classes)``.
+    """
+    inputs = _model_inputs(model, batch, None)
+    outputs = model.output
+    heads = tuple(outputs) if isinstance(outputs, dict) else (OUTPUT_HEAD,)
+    return _call_in_pieces(_compiled(model), inputs, heads)
+
+
 def predict_array(
     model: keras.Model,
     features: Mapping[str, np.ndarray],
@@ -514,7 +534,7 @@ def _model_inputs(
         raise ValueError(f"batch arrays differ in batch size: {sorted(sizes)}.")
     count = sizes.pop()
     inputs = {name: np.asarray(batch[name], dtype=np.float32) for name in names if name in batch}
-    if LOCATION_INPUT in names:
+    if LOCATION_INPUT in names and (location is not None or LOCATION_INPUT not in inputs):
         if location is None:
             raise ValueError(
                 f"The model takes a {LOCATION_INPUT!r} input; pass location= (a region "
@@ -531,7 +551,11 @@ def _model_inputs(
 
 
 def _compiled(model: keras.Model) -> Callable[..., Any]:
-    """Return the model's cached compiled inference function (one per model)."""
+    """Return the model's cached compiled inference function (one per model, all heads).
+
+    It returns every output head (the deep-supervision head costs one 1 x 1 convolution), so
+    validation during training (:func:`predict_heads`) and later predictions share one trace.
+    """
     function = _COMPILED.get(model)
     if function is None:
         model_ref = weakref.ref(model)  # a strong reference would keep the cache entry alive
@@ -543,36 +567,36 @@ def _compiled(model: keras.Model) -> Callable[..., Any]:
         } if isinstance(model.input, dict) else None
 
         @tf.function(input_signature=None if signature is None else [signature])
-        def function(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        def function(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             outputs = model_ref()(inputs, training=False)
             if not isinstance(outputs, dict) or OUTPUT_HEAD not in outputs:
                 raise ValueError(f"The model must return a dict with an {OUTPUT_HEAD!r} entry.")
-            return outputs[OUTPUT_HEAD]
+            return outputs
 
         _COMPILED[model] = function
     return function
 
 
-def _call_in_pieces(function: Callable[..., Any], inputs: dict[str, np.ndarray]) -> np.ndarray:
+def _call_in_pieces(
+    function: Callable[..., Any], inputs: dict[str, np.ndarray], heads: tuple[str, ...]
+) -> dict[str, np.ndarray]:
     """Run ``function`` on pieces of at most :data:`MAX_PIXELS_PER_CALL` window pixels."""
     count = next(iter(inputs.values())).shape[0]
     pixels = max((array.shape[1] * array.shape[2] for array in inputs.values() if array.ndim == 4),
                  default=1)
     step = max(MAX_PIXELS_PER_CALL // pixels, 1)
-    if step >= count:
-        return np.asarray(function(inputs), dtype=np.float32)
-    return np.concatenate([
-        np.asarray(function({name: array[start : start + step] for name, array in inputs.items()}),
-                   dtype=np.float32)
-        for start in range(0, count, step)
-    ])
+    pieces = [function({name: array[start : start + step] for name, array in inputs.items()})
+              for start in range(0, count, step)]
+    return {head: np.concatenate([np.asarray(piece[head], dtype=np.float32) for piece in pieces])
+            if len(pieces) > 1 else np.asarray(pieces[0][head], dtype=np.float32)
+            for head in heads}
 
 
 def _average_transforms(model: keras.Model, inputs: dict[str, np.ndarray], tta: bool) -> np.ndarray:
     """Run the model once, or over the 8 dihedral transforms averaged after inversion."""
     function = _compiled(model)
     if not tta:
-        return _call_in_pieces(function, inputs)
+        return _call_in_pieces(function, inputs, (OUTPUT_HEAD,))[OUTPUT_HEAD]
     total = None
     for turns in range(4):
         for flip in (False, True):
@@ -580,7 +604,7 @@ def _average_transforms(model: keras.Model, inputs: dict[str, np.ndarray], tta: 
                 name: _dihedral(array, turns, flip) if array.ndim == 4 else array
                 for name, array in inputs.items()
             }
-            probs = _call_in_pieces(function, transformed)
+            probs = _call_in_pieces(function, transformed, (OUTPUT_HEAD,))[OUTPUT_HEAD]
             restored = _inverse_dihedral(probs, turns, flip)
             total = restored if total is None else total + restored
     return total / np.float32(8.0)

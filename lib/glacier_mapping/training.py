@@ -407,15 +407,16 @@ def train_model(
         elif config.init_weights is not None:
             _load_initial_weights(model, config.init_weights)
 
-        tracker = _RunTracker(out_dir, config, state, verbose)
-        with _without_graph_rewrites():
+        validation = None if val_ds is None else _Validation(
+            model, _select_targets(val_ds, heads), heads, config
+        )
+        tracker = _RunTracker(out_dir, config, state, verbose, validation)
+        with _graph_rewrites(enabled=False):
             model.fit(
                 _select_targets(train_ds, heads),
-                validation_data=None if val_ds is None else _select_targets(val_ds, heads),
                 epochs=config.epochs,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=config.steps_per_epoch,
-                validation_steps=config.validation_steps,
                 callbacks=[tracker],
                 shuffle=False,
                 verbose=0,
@@ -434,13 +435,19 @@ class _RunTracker(keras.callbacks.Callback):
     """Per-epoch bookkeeping: best and last checkpoints, history, state, a progress line."""
 
     def __init__(
-        self, out_dir: Path, config: TrainConfig, state: dict[str, Any], verbose: bool
+        self,
+        out_dir: Path,
+        config: TrainConfig,
+        state: dict[str, Any],
+        verbose: bool,
+        validation: _Validation | None,
     ) -> None:
         super().__init__()
         self.out_dir = out_dir
         self.config = config
         self.state = state
         self.verbose = verbose
+        self.validation = validation
         self.history = _read_history(out_dir).iloc[: state["epoch"]]
         self.started = 0.0
         self.learning_rate = 0.0
@@ -455,11 +462,13 @@ class _RunTracker(keras.callbacks.Callback):
         self.batches += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        seconds = time.perf_counter() - self.started
         if self.batches < self.config.steps_per_epoch:  # data ran out: do not commit
             self.model.stop_training = True
             return
         logs = {name: float(value) for name, value in (logs or {}).items()}
+        if self.validation is not None:
+            logs.update(self.validation())
+        seconds = time.perf_counter() - self.started
         if self.config.monitor not in logs:
             raise ValueError(
                 f"TrainConfig.monitor={self.config.monitor!r} is not logged; available: "
@@ -500,6 +509,87 @@ class _RunTracker(keras.callbacks.Callback):
             print(
                 _progress_line(completed, self.config, logs, self.learning_rate, seconds, improved)
             )
+
+
+#: Validation patches per model call: more per call than the training batch runs faster
+#: (GlaViTU ``small``, 64 px, 2-core CPU: 24 batches of 8 took 1.42 s per epoch through Keras,
+#: 1.16 s in batches of 32) and does not change the pooled loss or IoU.
+VALIDATION_BATCH = 32
+
+
+class _Validation:
+    """Validation loss and glacier IoU of a model in inference mode, pooled over a dataset.
+
+    Runs the model's compiled inference function (:func:`glacier_mapping.inference.
+    predict_heads`) rather than a Keras test step: the chapters' predictions need that function
+    anyway, so a build traces once instead of twice (a Keras validation step took about 7 s to
+    trace for GlaViTU ``small`` on a 2-core CPU). The loss is each head's focal loss averaged
+    over all validation pixels, weighted as in training (``val_<head>_loss`` when there are
+    several heads, and their weighted sum ``val_loss``); the IoU is :class:`GlacierIoU` of the
+    output head (``val_output_glacier_iou``).
+    """
+
+    def __init__(
+        self, model: keras.Model, dataset: tf.data.Dataset, heads: tuple[str, ...],
+        config: TrainConfig,
+    ) -> None:
+        if config.validation_steps is not None:
+            dataset = dataset.take(config.validation_steps)
+        self.dataset = dataset.rebatch(VALIDATION_BATCH)
+        self.model = model
+        self.heads = heads
+        self.config = config
+
+    def __call__(self) -> dict[str, float]:
+        """Evaluate the model on the whole validation dataset."""
+        from glacier_mapping.inference import predict_heads
+
+        loss_sums = dict.fromkeys(self.heads, 0.0)
+        counts = np.zeros(3)  # glacier TP, FP, FN
+        pixels = 0
+        with _graph_rewrites(enabled=True):  # the inference function keeps Grappler
+            for inputs, targets in self.dataset.as_numpy_iterator():
+                probabilities = predict_heads(self.model, inputs)
+                for head in self.heads:
+                    loss_sums[head] += float(np.sum(_focal_loss(
+                        targets[head], probabilities[head], self.config.focal_gamma
+                    ), dtype=np.float64))
+                counts += _glacier_counts(targets[OUTPUT_HEAD], probabilities[OUTPUT_HEAD])
+                pixels += int(np.prod(targets[OUTPUT_HEAD].shape[:-1]))
+        if pixels == 0:
+            raise ValueError("The validation dataset is empty; pass val_ds with data or None.")
+        losses = {head: loss_sums[head] / pixels for head in self.heads}
+        logs = {"val_loss": sum(
+            float(self.config.loss_weights.get(head, 0.0)) * losses[head] for head in self.heads
+        )}
+        if len(self.heads) > 1:
+            logs.update({f"val_{head}_loss": losses[head] for head in self.heads})
+        true_positives, false_positives, false_negatives = counts
+        union = true_positives + false_positives + false_negatives
+        logs[f"val_{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"] = (
+            float(true_positives / union) if union else 0.0
+        )
+        return logs
+
+
+def _focal_loss(targets: np.ndarray, probabilities: np.ndarray, gamma: float) -> np.ndarray:
+    """Per-pixel focal loss of :class:`FocalLoss` (default epsilon) in NumPy."""
+    epsilon = 1e-7
+    clipped = np.clip(probabilities, epsilon, 1.0 - epsilon)
+    return -np.sum(targets * (1.0 - clipped) ** gamma * np.log(clipped), axis=-1)
+
+
+def _glacier_counts(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Glacier TP, FP, FN of :class:`GlacierIoU` (pixels without a dominant target ignored)."""
+    top_two = np.sort(targets, axis=-1)[..., -2:]
+    valid = top_two[..., 1] > top_two[..., 0]
+    truth = np.argmax(targets, axis=-1) == GLACIER_CLASS
+    predicted = np.argmax(probabilities, axis=-1) == GLACIER_CLASS
+    return np.array([
+        np.sum(valid & truth & predicted),
+        np.sum(valid & ~truth & predicted),
+        np.sum(valid & truth & ~predicted),
+    ], dtype=np.float64)
 
 
 def _progress_line(
@@ -564,17 +654,19 @@ def _compile(model: keras.Model, heads: tuple[str, ...], config: TrainConfig) ->
 
 
 @contextlib.contextmanager
-def _without_graph_rewrites() -> Iterator[None]:
-    """Instantiate the train and validation steps without TensorFlow's graph optimiser.
+def _graph_rewrites(enabled: bool) -> Iterator[None]:
+    """Instantiate the functions first run inside with or without TensorFlow's graph optimiser.
 
     Grappler rewrites a graph when it is first run. Measured for GlaViTU ``small`` on 64 px
     patches on a 2-core CPU with oneDNN: with Grappler the first train step of a fit took 16 s
     (4.5 s when the step was already traced) and later steps 0.27 s; without it 12.9 s (2.7 s)
-    and 0.22 s, and the first validation pass 1.2 instead of 2.9 s. Inference keeps Grappler,
-    as measured in ``benchmarks/``.
+    and 0.22 s. Train steps therefore run without it; inference (also validation, which uses
+    the inference function) keeps it, as measured in ``benchmarks/``.
     """
     previous = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({**previous, "disable_meta_optimizer": True})
+    tf.config.optimizer.set_experimental_options(
+        {**previous, "disable_meta_optimizer": not enabled}
+    )
     try:
         yield
     finally:
