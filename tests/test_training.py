@@ -328,9 +328,22 @@ def test_a_model_trained_again_reuses_its_steps_and_matches_a_fresh_model(tmp_pa
     assert int(again.optimizer.iterations) == config.epochs * config.steps_per_epoch
     # Grappler is off only while training (see _graph_rewrites).
     assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer")
-    # Another schedule changes the traced step: compiled afresh.
+    # Another schedule (finetuning) reuses the step and gives what a fresh model gets with it.
+    tuned = finetune_config(config, epochs=2)
+    fresh_tuned = _dropout_model(3)
+    expected = train_model(fresh_tuned, dataset().repeat(), dataset(), tuned,
+                           tmp_path / "fresh-tuned", False)
+    again = _training_model(spec, _dropout_model(3))
+    result = train_model(again, dataset().repeat(), dataset(), tuned, tmp_path / "tuned", False)
+    assert again.train_function is train_step
+    assert list(result.history["learning_rate"]) == pytest.approx([5e-5, 2.5e-5])
+    pd.testing.assert_frame_equal(result.history.drop(columns="seconds"),
+                                  expected.history.drop(columns="seconds"))
+    for reused, fresh in zip(again.variables, fresh_tuned.variables, strict=True):
+        np.testing.assert_array_equal(reused.numpy(), fresh.numpy(), err_msg=reused.path)
+    # Another loss changes the traced step: compiled afresh.
     train_model(again, dataset().repeat(), dataset(),
-                dataclasses.replace(config, learning_rate=5e-3), tmp_path / "lr", False)
+                dataclasses.replace(config, focal_gamma=1.0), tmp_path / "gamma", False)
     assert again.train_function is not train_step
 
 

@@ -448,18 +448,36 @@ class _RunTracker(keras.callbacks.Callback):
         self.state = state
         self.verbose = verbose
         self.validation = validation
+        self.schedule = CosineRestarts(
+            config.learning_rate,
+            config.restart_epochs,
+            config.steps_per_epoch,
+            config.min_learning_rate_fraction,
+        )
         self.history = _read_history(out_dir).iloc[: state["epoch"]]
         self.started = 0.0
         self.learning_rate = 0.0
+        self.epoch = 0
         self.batches = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.started = time.perf_counter()
-        self.learning_rate = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.epoch = epoch
+        self.learning_rate = self._rate(0)
         self.batches = 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # The schedule is applied here rather than in the traced step, which then does not
+        # depend on it: finetuning (another schedule) reuses the regional models' step.
+        self.model.optimizer.learning_rate = self._rate(batch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.batches += 1
+
+    def _rate(self, batch: int) -> float:
+        """Learning rate of ``batch`` of the current epoch (the schedule at that step)."""
+        step = self.epoch * self.config.steps_per_epoch + batch
+        return float(ops.convert_to_numpy(self.schedule(step)))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.batches < self.config.steps_per_epoch:  # data ran out: do not commit
@@ -630,16 +648,14 @@ def _set_batchnorm_momentum(model: keras.Model, momentum: float | None) -> None:
 
 
 def _compile(model: keras.Model, heads: tuple[str, ...], config: TrainConfig) -> None:
-    """Compile with Adam, the cosine-restart schedule, focal loss per head and glacier IoU."""
-    schedule = CosineRestarts(
-        config.learning_rate,
-        config.restart_epochs,
-        config.steps_per_epoch,
-        config.min_learning_rate_fraction,
-    )
+    """Compile with Adam, focal loss per head and glacier IoU.
+
+    The learning rate is a variable that :class:`_RunTracker` sets before every step from the
+    run's :class:`CosineRestarts` schedule.
+    """
     iou_name = GLACIER_IOU_NAME if len(heads) > 1 else f"{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"
     model.compile(
-        optimizer=FusedAdam(learning_rate=schedule),
+        optimizer=FusedAdam(learning_rate=config.learning_rate),
         loss={head: FocalLoss(gamma=config.focal_gamma) for head in heads},
         loss_weights={head: float(config.loss_weights.get(head, 0.0)) for head in heads},
         # Keras prefixes metric names with the head only when there are several heads.
@@ -676,9 +692,11 @@ def _graph_rewrites(enabled: bool) -> Iterator[None]:
 
 
 def _compile_key(heads: tuple[str, ...], config: TrainConfig) -> str:
-    """What the traced train and validation steps depend on: heads, loss, schedule, momentum."""
+    """What the traced train step depends on: heads, loss, momentum (not the schedule)."""
     settings = config.to_json_dict()
-    for name in ("epochs", "seed", "init_weights", "monitor", "mode", "validation_steps"):
+    for name in ("epochs", "seed", "init_weights", "monitor", "mode", "validation_steps",
+                 "learning_rate", "restart_epochs", "min_learning_rate_fraction",
+                 "steps_per_epoch"):
         settings.pop(name)
     return json.dumps({"heads": heads, **settings}, sort_keys=True)
 
@@ -686,10 +704,10 @@ def _compile_key(heads: tuple[str, ...], config: TrainConfig) -> str:
 def _reuse_compiled(model: keras.Model, heads: tuple[str, ...], config: TrainConfig) -> bool:
     """Keep the compiled (already traced) steps of a model trained before with this setup.
 
-    Keras traces a model's train and validation steps once per compilation (10-20 s for
-    GlaViTU on a 2-core CPU), so a model trained again, e.g. with other initial weights for
-    another seed, skips that when nothing the steps depend on changed. Its optimizer restarts
-    (moments and step counter at zero, hence the learning-rate schedule at its start).
+    Keras traces a model's train step once per compilation (about 10 s for GlaViTU on a
+    2-core CPU), so a model trained again, e.g. with other initial weights for another seed
+    or finetuned with another schedule, skips that when nothing the step depends on changed.
+    Its optimizer restarts (moments and step counter at zero, hence the schedule at its start).
     """
     if getattr(model, _COMPILED_FOR, None) != _compile_key(heads, config):
         return False
