@@ -167,3 +167,34 @@ def test_build_model_dispatches():
     assert set(deeplab(make_batch(["optical"], 32), training=False)) == {"output"}
     with pytest.raises(ValueError, match="architecture"):
         build_model("unet", ["optical"], 16, "tiny")
+
+
+def test_fused_batch_normalization_equals_the_keras_layer():
+    """Outputs, input and weight gradients and moving statistics, in training and inference."""
+    import tensorflow as tf
+
+    from glacier_mapping.models.blocks import FusedBatchNormalization
+
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 5, 3)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(4, 6, 5, 3)).astype("float32"))
+    results = []
+    for layer in (keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.9),
+                  FusedBatchNormalization(epsilon=1e-3, momentum=0.9)):
+        layer.build(x.shape)
+        layer.gamma.assign(rng.normal(1.0, 0.1, 3).astype("float32"))
+        layer.beta.assign([0.1, -0.2, 0.3])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            trained = layer(x, training=True)
+            loss = tf.reduce_sum(trained * upstream)
+        gradients = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        moving = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+        results.append((trained.numpy(), *[g.numpy() for g in gradients], *moving,
+                        layer(x, training=False).numpy()))
+        rng = np.random.default_rng(3)  # the same gamma for the second layer
+        rng.normal(2.0, 3.0, (4, 6, 5, 3)), rng.normal(size=(4, 6, 5, 3))
+    names = ("output", "input gradient", "gamma gradient", "beta gradient", "moving mean",
+             "moving variance", "inference output")
+    for name, keras_value, fused_value in zip(names, *results, strict=True):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=2e-5, atol=2e-5, err_msg=name)

@@ -19,6 +19,7 @@ from glacier_mapping.data.schema import LOCATION_INPUT, check_sensors
 from glacier_mapping.models.blocks import (
     BN_EPSILON,
     LEAKY_SLOPE,
+    FusedBatchNormalization,
     MCDropout,
     add_location,
     conv_bn_act,
@@ -34,7 +35,7 @@ OUTPUT_STRIDE = 16
 
 def _bn_act(x: keras.KerasTensor, name: str, activation: bool = True) -> keras.KerasTensor:
     """BatchNormalization and optional LeakyReLU."""
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if activation:
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
     return x

@@ -15,6 +15,7 @@ from glacier_mapping.data.schema import LOCATION_INPUT, check_sensors
 from glacier_mapping.models.blocks import (
     BN_EPSILON,
     LN_EPSILON,
+    FusedBatchNormalization,
     MCDropout,
     PositionalEmbedding,
     add_location,
@@ -113,7 +114,7 @@ def residual_unet(x: keras.KerasTensor, preset: Preset) -> keras.KerasTensor:
         x = layers.Conv2D(filters, 2, padding="same", use_bias=False, name=f"unet_up{level}_conv")(
             x
         )
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"unet_up{level}_bn")(x)
+        x = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"unet_up{level}_bn")(x)
         x = layers.Concatenate(name=f"unet_up{level}_concat")([x, skips[level]])
         x = residual_block(x, filters, preset.dropout, f"unet_up{level}")
     return x
