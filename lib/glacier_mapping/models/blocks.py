@@ -118,13 +118,14 @@ class MCDropout(layers.Layer):
         self._mc.variable.assign(bool(enabled))
 
     def _drop(self, inputs: keras.KerasTensor) -> keras.KerasTensor:
-        noise_shape = None
+        # One multiplication by a 0 or 1 / (1 - rate) mask (per channel when spatial), where
+        # keras.random.dropout multiplies and then selects: on a CPU the select was about 8 %
+        # of a GlaViTU train step.
+        shape = ops.shape(inputs)
         if self.spatial:
-            shape = ops.shape(inputs)
-            noise_shape = (shape[0], *([1] * (len(inputs.shape) - 2)), shape[-1])
-        return keras.random.dropout(
-            inputs, self.rate, noise_shape=noise_shape, seed=self.seed_generator
-        )
+            shape = (shape[0], *([1] * (len(inputs.shape) - 2)), shape[-1])
+        keep = keras.random.uniform(shape, seed=self.seed_generator) >= self.rate
+        return inputs * (ops.cast(keep, inputs.dtype) / (1.0 - self.rate))
 
     def call(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
         """Apply dropout when training or when MC dropout is on."""
