@@ -562,17 +562,18 @@ class _Validation:
         """Evaluate the model on the whole validation dataset."""
         from glacier_mapping.inference import predict_heads
 
+        focal = FocalLoss(gamma=self.config.focal_gamma)
+        iou = GlacierIoU()
         loss_sums = dict.fromkeys(self.heads, 0.0)
-        counts = np.zeros(3)  # glacier TP, FP, FN
         pixels = 0
         with _graph_rewrites(enabled=True):  # the inference function keeps Grappler
             for inputs, targets in self.dataset.as_numpy_iterator():
                 probabilities = predict_heads(self.model, inputs)
                 for head in self.heads:
-                    loss_sums[head] += float(np.sum(_focal_loss(
-                        targets[head], probabilities[head], self.config.focal_gamma
-                    ), dtype=np.float64))
-                counts += _glacier_counts(targets[OUTPUT_HEAD], probabilities[OUTPUT_HEAD])
+                    per_pixel = focal.call(targets[head], probabilities[head])
+                    loss_sums[head] += float(np.sum(ops.convert_to_numpy(per_pixel),
+                                                    dtype=np.float64))
+                iou.update_state(targets[OUTPUT_HEAD], probabilities[OUTPUT_HEAD])
                 pixels += int(np.prod(targets[OUTPUT_HEAD].shape[:-1]))
         if pixels == 0:
             raise ValueError("The validation dataset is empty; pass val_ds with data or None.")
@@ -582,32 +583,8 @@ class _Validation:
         )}
         if len(self.heads) > 1:
             logs.update({f"val_{head}_loss": losses[head] for head in self.heads})
-        true_positives, false_positives, false_negatives = counts
-        union = true_positives + false_positives + false_negatives
-        logs[f"val_{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"] = (
-            float(true_positives / union) if union else 0.0
-        )
+        logs[f"val_{OUTPUT_HEAD}_{GLACIER_IOU_NAME}"] = float(ops.convert_to_numpy(iou.result()))
         return logs
-
-
-def _focal_loss(targets: np.ndarray, probabilities: np.ndarray, gamma: float) -> np.ndarray:
-    """Per-pixel focal loss of :class:`FocalLoss` (default epsilon) in NumPy."""
-    epsilon = 1e-7
-    clipped = np.clip(probabilities, epsilon, 1.0 - epsilon)
-    return -np.sum(targets * (1.0 - clipped) ** gamma * np.log(clipped), axis=-1)
-
-
-def _glacier_counts(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Glacier TP, FP, FN of :class:`GlacierIoU` (pixels without a dominant target ignored)."""
-    top_two = np.sort(targets, axis=-1)[..., -2:]
-    valid = top_two[..., 1] > top_two[..., 0]
-    truth = np.argmax(targets, axis=-1) == GLACIER_CLASS
-    predicted = np.argmax(probabilities, axis=-1) == GLACIER_CLASS
-    return np.array([
-        np.sum(valid & truth & predicted),
-        np.sum(valid & ~truth & predicted),
-        np.sum(valid & truth & ~predicted),
-    ], dtype=np.float64)
 
 
 def _progress_line(
