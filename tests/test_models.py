@@ -198,3 +198,22 @@ def test_fused_batch_normalization_equals_the_keras_layer():
              "moving variance", "inference output")
     for name, keras_value, fused_value in zip(names, *results, strict=True):
         np.testing.assert_allclose(fused_value, keras_value, rtol=2e-5, atol=2e-5, err_msg=name)
+
+
+def test_fused_batch_normalization_under_mixed_bfloat16_matches_the_keras_layer():
+    import tensorflow as tf
+
+    from glacier_mapping.models.blocks import FusedBatchNormalization
+
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(1.0, 2.0, (2, 4, 4, 3)).astype("float32"))
+    outputs = []
+    for layer_class in (keras.layers.BatchNormalization, FusedBatchNormalization):
+        layer = layer_class(epsilon=1e-3, dtype="mixed_bfloat16")
+        layer.build(x.shape)
+        layer.moving_mean.assign([0.5, -0.5, 1.0])
+        layer.moving_variance.assign([2.0, 4.0, 0.5])
+        outputs.append(layer(tf.cast(x, "bfloat16"), training=False))
+    assert outputs[1].dtype == outputs[0].dtype == "bfloat16"
+    np.testing.assert_allclose(np.asarray(outputs[1], "float32"),
+                               np.asarray(outputs[0], "float32"), atol=0.02, rtol=0.01)
