@@ -11,7 +11,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -805,26 +805,24 @@ def _check_restarts(restarts: tuple[int, ...], name: str) -> None:
         )
 
 
-def _temporary_name(path: Path) -> Path:
-    """Return a unique temporary path beside ``path`` with the same suffix."""
-    return path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+def _replace_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")  # keeps the suffix
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write text through a temporary file and an atomic rename."""
-    temporary = _temporary_name(path)
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    _replace_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def _copy_atomic(source: Path, path: Path) -> None:
     """Copy a file through a temporary file and an atomic rename."""
-    temporary = _temporary_name(path)
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _replace_atomic(path, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def _checkpoint_variables(model: keras.Model) -> list[Any]:
@@ -841,36 +839,28 @@ def _save_checkpoint(model: keras.Model, path: Path) -> None:
     """Write every model and optimizer variable to ``path`` (``.npz``) atomically."""
     values = {f"v{index:05d}": ops.convert_to_numpy(variable)
               for index, variable in enumerate(_checkpoint_variables(model))}
-    temporary = _temporary_name(path)
-    try:
+
+    def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
             np.savez(handle, **values)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    _replace_atomic(path, write)
 
 
 def restore_checkpoint(model: keras.Model, path: Path) -> None:
     """Load a checkpoint of :func:`_save_checkpoint` into the (compiled) ``model``."""
     variables = _checkpoint_variables(model)
-    with np.load(path, allow_pickle=False) as values:
-        names = sorted(values.files)
-        shapes = [values[name].shape for name in names]
-        expected = [tuple(variable.shape) for variable in variables]
-        if shapes != expected:
-            raise ValueError(
-                f"Checkpoint {path} holds {len(names)} variables that do not match this model "
-                f"and optimizer ({len(variables)} variables); delete {path.parent} to start over."
-            )
-        for name, variable in zip(names, variables, strict=True):
-            variable.assign(values[name])
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = [stored[name] for name in sorted(stored.files)]  # each read once
+    if [array.shape for array in arrays] != [tuple(variable.shape) for variable in variables]:
+        raise ValueError(
+            f"Checkpoint {path} holds {len(arrays)} variables that do not match this model "
+            f"and optimizer ({len(variables)} variables); delete {path.parent} to start over."
+        )
+    for array, variable in zip(arrays, variables, strict=True):
+        variable.assign(array)
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
     """Save a Keras native model through a temporary file and an atomic rename."""
-    temporary = _temporary_name(path)
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _replace_atomic(path, model.save)
