@@ -34,7 +34,7 @@ class _Flag:
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FusedBatchNormalization(layers.BatchNormalization):
-    """Keras BatchNormalization computed by TensorFlow's fused kernel on 4-D float32 inputs.
+    """Keras BatchNormalization computed by TensorFlow's fused kernel on 4-D inputs.
 
     Same variables, arithmetic and moving-statistics update as the Keras layer (whose TensorFlow
     backend normalises with a dozen separate ops per layer in training); ``FusedBatchNormV3``
