@@ -8,9 +8,12 @@ GFLOP/s; the two totals agree to within a percent.
 
 Timings run in two fresh child processes, one with TensorFlow's oneDNN optimisations on and one
 with them off (``TF_ENABLE_ONEDNN_OPTS`` is read once, at import): a float32 and a bfloat16
-2048 x 2048 matmul, and one paper-size window through the compiled inference function in
-float32 and, with oneDNN on, also float32 with XLA and bfloat16 (the Keras ``mixed_bfloat16``
-copy of ``inference_model``). The headline rows repeat the setting this run uses.
+2048 x 2048 matmul, and one paper-size window through the compiled inference function of
+``inference_model``'s copy (BatchNormalization folded into the convolutions) in float32 and,
+with oneDNN on, also that copy with XLA, its Keras ``mixed_bfloat16`` version, and the model
+itself as trained (``float32_unfolded``: convolution, BatchNormalization and LeakyReLU as
+separate operations, as the original implementation runs them). The headline rows repeat the
+setting this run uses.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from common import Row
 PATCH = 384
 MATMUL_N = 2048
 #: Forward-pass variants timed per oneDNN setting.
-FORWARD_VARIANTS = ("float32", "float32_xla", "bfloat16")
+FORWARD_VARIANTS = ("float32", "float32_xla", "bfloat16", "float32_unfolded")
 
 
 def profiler_flops(model_builder: Callable[[str], object]) -> dict[str, float]:
@@ -112,8 +115,9 @@ def matmul_gflops(dtype: str, warmup: int, reps: int) -> float:
 def forward_seconds(model: object, variant: str, warmup: int, reps: int) -> float:
     """Median seconds of one 384 px window through the compiled inference function.
 
-    ``float32`` and ``bfloat16`` use predict_windows' own function (of the model or of its
-    bfloat16 copy); ``float32_xla`` the same call compiled with XLA (``jit_compile=True``).
+    ``float32`` and ``bfloat16`` use predict_windows' own function of ``inference_model``'s
+    copy; ``float32_xla`` the float32 copy compiled with XLA (``jit_compile=True``);
+    ``float32_unfolded`` the compiled function of the model itself (nothing folded).
     """
     import tensorflow as tf
 
@@ -123,7 +127,10 @@ def forward_seconds(model: object, variant: str, warmup: int, reps: int) -> floa
     inputs = {name: rng.random((1, *tensor.shape[1:]), dtype=np.float32)
               for name, tensor in model.input.items()}
     if variant == "float32_xla":
-        function = tf.function(lambda x: model(x, training=False)["output"], jit_compile=True)
+        copy = inference_model(model, "float32")
+        function = tf.function(lambda x: copy(x, training=False)["output"], jit_compile=True)
+    elif variant == "float32_unfolded":
+        function = _compiled(model)
     else:
         function = _compiled(inference_model(model, variant))
     return common.median(common.timed(lambda: np.asarray(function(inputs)), warmup, reps))
@@ -150,8 +157,13 @@ def timing_child(quick: bool) -> None:
 
 
 def forward_timing(quick: bool) -> tuple[int, int]:
-    """Warm-up calls and timed repetitions of a forward pass."""
-    return (1, 1) if quick else (1, 2)
+    """Warm-up calls and timed repetitions of a forward pass.
+
+    The first call runs Grappler and creates the oneDNN primitives. With one warm-up call and
+    two repetitions, one run timed the folded float32 copy at 1.67 s per window where twelve
+    alternating calls in another process gave 1.32 s (a noisy 2-core machine), hence more.
+    """
+    return (1, 1) if quick else (2, 3)
 
 
 def run_timing_child(onednn: bool, quick: bool) -> dict:
@@ -195,6 +207,10 @@ def timing_rows(result: dict, gflop: float, quick: bool) -> list[Row]:
             Row("flops", case, "xla_speedup", result["float32"] / result["float32_xla"], "x",
                 "float32_seconds_per_window / float32_xla_seconds_per_window (> 1: XLA helps; "
                 "its compile time is not included)"),
+            Row("flops", case, "folding_speedup",
+                result["float32_unfolded"] / result["float32"], "x",
+                "float32_unfolded_seconds_per_window / float32_seconds_per_window (> 1: "
+                "folding BatchNormalization into the convolutions helps)"),
         ]
     return rows
 

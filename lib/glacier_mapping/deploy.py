@@ -469,6 +469,7 @@ def deploy_scene(
             runner = inference_model(model, chosen_precision)
         except ValueError as error:
             raise DeploymentError(f"{model_path}: {error}") from None
+        del model  # only its inference copy runs: one set of weights in memory
         missing = [sensor for sensor in info.sensors if sensor not in source.sensors]
         if missing:
             flags = ", ".join(f"{SENSOR_FLAGS[s]} FILE" for s in missing)
