@@ -84,7 +84,7 @@ def test_folded_copy_follows_the_model_and_bfloat16_copy_is_folded_too():
     half = inference.inference_model(model, "bfloat16")
     assert isinstance(half.get_layer(folding_pairs(model)["fusion_optical_1_conv"]),
                       FoldedBatchNormalization)
-    assert half.get_layer("fusion_optical_1_conv").dtype_policy.name == "mixed_bfloat16"
+    assert half.get_layer("fusion_optical_1_conv").compute_dtype == "bfloat16"
     np.testing.assert_allclose(inference.predict_windows(half, batch), expected, atol=0.05)
 
 

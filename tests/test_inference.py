@@ -286,8 +286,15 @@ def test_bfloat16_is_close_to_float32_with_float32_outputs():
     assert (half.argmax(-1) == full.argmax(-1)).mean() > 0.97
     copy = inference.inference_model(model, "bfloat16")
     assert copy.get_layer("output").dtype_policy.name == "float32"
-    assert copy.get_layer("fusion_optical_1_conv").dtype_policy.name == "mixed_bfloat16"
-    assert all(weight.dtype == "float32" for weight in copy.weights)
+    assert copy.get_layer("fusion_optical_1_conv").dtype_policy.name == "bfloat16"
+    assert copy.get_layer("setr_block0_ln1").dtype_policy.name == "mixed_bfloat16"
+    stored = {weight.dtype for layer in copy.layers for weight in layer.weights
+              if isinstance(layer, (layers.Conv2D, layers.Dense))
+              and layer.dtype_policy.name == "bfloat16"}
+    assert stored == {"bfloat16"}
+    assert copy.get_layer("output").weights[0].dtype == "float32"
+    assert all(weight.dtype == "float32" for layer in copy.layers for weight in layer.weights
+               if isinstance(layer, layers.LayerNormalization))
 
 
 def test_bfloat16_copy_follows_weight_changes():

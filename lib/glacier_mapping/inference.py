@@ -7,7 +7,7 @@ paper-size window adds about 0.4 GB to peak memory, eight at once about 3 GB wit
 Whole images and scenes (:func:`predict_array`, :func:`predict_dataarray`, deployment) run a
 copy of the model with BatchNormalization folded into the convolutions
 (:func:`inference_model`). ``precision="bfloat16"`` runs that copy under the Keras
-``mixed_bfloat16`` policy (weights stay float32, outputs are float32); it pays off only where
+``mixed_bfloat16`` policy (outputs stay float32); it pays off only where
 the hardware has bfloat16 arithmetic (CPUs with AVX-512 BF16 or AMX with TensorFlow's oneDNN
 optimisations on, GPUs of compute capability 8.0 or newer), which ``precision="auto"``
 detects.
@@ -46,6 +46,10 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "auto")
 #: took the same 1.5 s alone as within a batch of 8, while peak RSS was 1.3 GB for one window
 #: and 3.9 GB for a batch of 8.
 MAX_PIXELS_PER_CALL = 384 * 384
+#: Layers whose bfloat16 copy stores its weights in bfloat16: under ``mixed_bfloat16`` they cast
+#: them to bfloat16 before every use anyway, so the results are the same with one cast less
+#: per layer and call (paper window: 0.79 s instead of 0.82 s, 0.73 instead of 0.77 s).
+_BFLOAT16_WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 #: CPU flags of native bfloat16 arithmetic (x86).
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -358,11 +362,12 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     a convolution folded into that convolution (:mod:`glacier_mapping.models.folding`), so
     oneDNN runs convolution, bias and LeakyReLU as one operation: a paper-size window took
     1.31 s instead of 1.40 s (float32, 2-core CPU). For ``bfloat16`` every layer of the copy
-    runs under the ``mixed_bfloat16`` policy except the layers that produce the model's
-    outputs, which stay float32, so the probabilities are float32. The copy's weights are
-    refreshed from ``model`` on every call (about 10 ms for the paper model), so training
-    ``model`` further never leaves a stale copy. A float32 model with nothing to fold, or one
-    that is not functional, is returned as it is.
+    runs under the ``mixed_bfloat16`` policy (convolutions and dense layers under ``bfloat16``:
+    the same arithmetic with their weights stored in bfloat16) except the layers that produce
+    the model's outputs, which stay float32, so the probabilities are float32. The copy's
+    weights are refreshed from ``model`` on every call (about 10 ms for the paper model), so
+    training ``model`` further never leaves a stale copy. A float32 model with nothing to
+    fold, or one that is not functional, is returned as it is.
 
     Args:
         model: A Keras model (functional for bfloat16).
@@ -405,7 +410,9 @@ def _inference_copy(model: keras.Model, precision: str) -> keras.Model:
     def policy(layer: keras.Layer) -> str | None:
         if precision == "float32" or id(layer) in keep:
             return None
-        return None if isinstance(layer, keras.layers.InputLayer) else "mixed_bfloat16"
+        if isinstance(layer, keras.layers.InputLayer):
+            return None
+        return "bfloat16" if isinstance(layer, _BFLOAT16_WEIGHT_LAYERS) else "mixed_bfloat16"
 
     try:
         return folded_clone(model, policy)

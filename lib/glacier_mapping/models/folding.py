@@ -103,11 +103,11 @@ def folding_copier(model: keras.Model, copy: keras.Model) -> Callable[[], None]:
         for target, layer, norm in assignments:
             if norm is None:
                 for destination, source in zip(target.weights, layer.weights, strict=True):
-                    destination.assign(source.value)
+                    destination.assign(tf.cast(source.value, destination.dtype))
                 continue
             kernel, bias = _folded_kernel_and_bias(layer, norm)
-            target.kernel.assign(kernel)
-            target.bias.assign(bias)
+            target.kernel.assign(tf.cast(kernel, target.kernel.dtype))
+            target.bias.assign(tf.cast(bias, target.bias.dtype))
 
     compiled = tf.function(assign_all)
     calls = 0
