@@ -82,8 +82,9 @@ def test_folded_copy_follows_the_model_and_bfloat16_copy_is_folded_too():
     expected = np.asarray(model(batch, training=False)["output"])
     np.testing.assert_allclose(after, expected, atol=2e-5)
     half = inference.inference_model(model, "bfloat16")
-    assert isinstance(half.get_layer(folding_pairs(model)["fusion_optical_1_conv"]),
-                      FoldedBatchNormalization)
+    folded = half.get_layer(folding_pairs(model)["fusion_optical_1_conv"])
+    assert isinstance(folded, FoldedBatchNormalization)
+    assert folded.compute_dtype == "bfloat16"  # a float32 pass-through would cast up and down
     assert half.get_layer("fusion_optical_1_conv").compute_dtype == "bfloat16"
     np.testing.assert_allclose(inference.predict_windows(half, batch), expected, atol=0.05)
 

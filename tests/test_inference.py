@@ -333,3 +333,25 @@ def test_large_batches_run_in_pieces_with_the_same_result(monkeypatch):
     pieces = predict_windows(model, batch)
     assert sizes == [2, 2, 1]
     np.testing.assert_allclose(pieces, whole, atol=1e-6)
+
+
+def test_many_models_do_not_trigger_the_retracing_warning():
+    import logging
+
+    import tensorflow as tf
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for seed in range(6):  # one trace per model and copy: not retracing
+            keras.utils.set_random_seed(seed)
+            model = glacier_mapping.models.build_model("glavitu", ("optical", "dem"), 32, "tiny")
+            batch = {name: np.zeros((2, 32, 32, tensor.shape[-1]), np.float32)
+                     for name, tensor in model.input.items()}
+            inference.predict_heads(model, batch)
+            predict_windows(inference.inference_model(model), batch)
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [message for message in messages if "retracing" in message]

@@ -60,12 +60,12 @@ def folded_clone(model: keras.Model, dtype: Callable[[keras.Layer], str | None])
     folded = set(pairs.values())
 
     def clone(layer: keras.Layer) -> keras.Layer:
-        if layer.name in folded:
-            return FoldedBatchNormalization(name=layer.name, dtype=layer.dtype_policy)
+        policy = dtype(layer)
+        if layer.name in folded:  # the normalisation's policy: another would cast its input
+            return FoldedBatchNormalization(name=layer.name, dtype=policy or layer.dtype_policy)
         config = layer.get_config()
         if layer.name in pairs:
             config["use_bias"] = True
-        policy = dtype(layer)
         if policy is not None:
             config["dtype"] = policy
         return layer.__class__.from_config(config)
