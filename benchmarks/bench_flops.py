@@ -127,12 +127,12 @@ def forward_seconds(model: object, variant: str, warmup: int, reps: int) -> floa
     inputs = {name: rng.random((1, *tensor.shape[1:]), dtype=np.float32)
               for name, tensor in model.input.items()}
     if variant == "float32_xla":
-        copy = inference_model(model, "float32")
+        copy = inference_model(model, "float32", fold=True)
         function = tf.function(lambda x: copy(x, training=False)["output"], jit_compile=True)
     elif variant == "float32_unfolded":
         function = _compiled(model)
     else:
-        function = _compiled(inference_model(model, variant))
+        function = _compiled(inference_model(model, variant, fold=True))
     return common.median(common.timed(lambda: np.asarray(function(inputs)), warmup, reps))
 
 

@@ -44,7 +44,8 @@ def test_folded_copy_computes_the_same_outputs(architecture, location_size):
     model = build_model(architecture, ("optical", "dem"), 32, "tiny",
                         location_size=location_size)
     randomise_normalisation(model, seed=4)
-    copy = inference.inference_model(model, "float32")
+    assert inference.inference_model(model, "float32") is model  # tiles: no copy to trace
+    copy = inference.inference_model(model, "float32", fold=True)
     assert copy is not model
     pairs = folding_pairs(model)
     assert pairs and all(isinstance(copy.get_layer(name), FoldedBatchNormalization)
@@ -67,7 +68,8 @@ def test_every_glavitu_normalisation_after_a_convolution_is_folded():
                 if isinstance(model.get_layer(name)._outbound_nodes[0].operation,
                               layers.BatchNormalization)]
     assert sorted(pairs) == sorted(followed) and len(pairs) >= 10
-    graph = inference._compiled(inference.inference_model(model)).get_concrete_function().graph
+    copy = inference.inference_model(model, fold=True)
+    graph = inference._compiled(copy).get_concrete_function().graph
     assert not [op for op in graph.get_operations() if op.type.startswith("FusedBatchNorm")]
 
 
@@ -75,9 +77,9 @@ def test_folded_copy_follows_the_model_and_bfloat16_copy_is_folded_too():
     keras.utils.set_random_seed(6)
     model = build_model("glavitu", ("optical", "dem"), 32, "tiny")
     batch = make_batch(["optical", "dem"], 32, batch=2, seed=7)
-    before = inference.predict_windows(inference.inference_model(model), batch)
+    before = inference.predict_windows(inference.inference_model(model, fold=True), batch)
     randomise_normalisation(model, seed=8)
-    after = inference.predict_windows(inference.inference_model(model), batch)
+    after = inference.predict_windows(inference.inference_model(model, fold=True), batch)
     assert np.abs(after - before).max() > 0.05
     expected = np.asarray(model(batch, training=False)["output"])
     np.testing.assert_allclose(after, expected, atol=2e-5)
@@ -95,4 +97,4 @@ def test_a_normalisation_shared_with_another_branch_is_not_folded():
     normalised = layers.BatchNormalization(name="bn")(conv)
     model = keras.Model(inputs, {"output": layers.Add()([normalised, conv])})
     assert folding_pairs(model) == {}
-    assert inference.inference_model(model) is model
+    assert inference.inference_model(model, fold=True) is model

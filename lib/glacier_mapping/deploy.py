@@ -466,7 +466,7 @@ def deploy_scene(
         card = _model_card(model_path)
         info = _model_info(model, card, patch_size, model_path)
         try:
-            runner = inference_model(model, chosen_precision)
+            runner = inference_model(model, chosen_precision, fold=True)
         except ValueError as error:
             raise DeploymentError(f"{model_path}: {error}") from None
         del model  # only its inference copy runs: one set of weights in memory

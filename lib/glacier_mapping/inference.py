@@ -4,10 +4,9 @@ Inference runs through one compiled ``tf.function`` per model (no Keras ``predic
 input pipeline is built and torn down per call). A batch of windows is evaluated in pieces
 of at most :data:`MAX_PIXELS_PER_CALL` pixels, which bounds activation memory (one 384 px
 paper-size window adds about 0.4 GB to peak memory, eight at once about 3 GB with oneDNN).
-Whole images and scenes (:func:`predict_array`, :func:`predict_dataarray`, deployment) run a
-copy of the model with BatchNormalization folded into the convolutions
-(:func:`inference_model`). ``precision="bfloat16"`` runs that copy under the Keras
-``mixed_bfloat16`` policy (outputs stay float32); it pays off only where
+Scene deployment and bfloat16 predictions run a copy of the model with BatchNormalization
+folded into the convolutions (:func:`inference_model`). ``precision="bfloat16"`` runs that
+copy under the Keras ``mixed_bfloat16`` policy (outputs stay float32); it pays off only where
 the hardware has bfloat16 arithmetic (CPUs with AVX-512 BF16 or AMX with TensorFlow's oneDNN
 optimisations on, GPUs of compute capability 8.0 or newer), which ``precision="auto"``
 detects.
@@ -356,23 +355,29 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def inference_model(model: keras.Model, precision: str = "float32") -> keras.Model:
+def inference_model(
+    model: keras.Model, precision: str = "float32", fold: bool = False
+) -> keras.Model:
     """Return the model to run at ``precision``: a copy made for inference, or ``model`` itself.
 
     The copy (one per model and precision, cached) has every BatchNormalization that follows
     a convolution folded into that convolution (:mod:`glacier_mapping.models.folding`), so
     oneDNN runs convolution, bias and LeakyReLU as one operation (a float32 paper-size window:
-    1.32 s instead of 1.39 s in alternating calls on 2 cores). For ``bfloat16`` every layer of
-    the copy runs under the ``mixed_bfloat16`` policy (convolutions and dense layers under
-    ``bfloat16``: the same arithmetic with their weights stored in bfloat16) except the layers
-    that produce the model's outputs, which stay float32, so the probabilities are float32. The
-    copy's weights are refreshed from ``model`` on every call (about 10 ms for the paper
-    model), so training ``model`` further never leaves a stale copy. A float32 model with
-    nothing to fold, or one that is not functional, is returned as it is.
+    1.32 s instead of 1.39 s in alternating calls on 2 cores). A float32 copy is made only with
+    ``fold``: cloning and tracing it costs 1-3 s, which a scene repays but a few tiles do not
+    (the model's own compiled function, traced for validation, serves them). For ``bfloat16``
+    every layer of the copy runs under the ``mixed_bfloat16`` policy (convolutions and dense
+    layers under ``bfloat16``: the same arithmetic with their weights stored in bfloat16)
+    except the layers that produce the model's outputs, which stay float32, so the
+    probabilities are float32. The copy's weights are refreshed from ``model`` on every call
+    (about 10 ms for the paper model), so training ``model`` further never leaves a stale
+    copy. A float32 model with nothing to fold, or one that is not functional, is returned as
+    it is.
 
     Args:
         model: A Keras model (functional for bfloat16).
         precision: ``float32``, ``bfloat16`` or ``auto``.
+        fold: Also for float32, return the folded copy (for long runs such as scenes).
 
     Raises:
         ValueError: For an unknown precision or a bfloat16 request on a non-functional model.
@@ -381,7 +386,7 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     if precision == "bfloat16" and not bfloat16_supported():
         _warn_slow_bfloat16()
     functional = isinstance(model, keras.Model) and bool(getattr(model, "outputs", None))
-    if chosen == "float32" and not (functional and folding_pairs(model)):
+    if chosen == "float32" and not (fold and functional and folding_pairs(model)):
         return model
     if not functional:
         raise ValueError("precision='bfloat16' needs a functional Keras model; use 'float32'.")
