@@ -52,10 +52,10 @@ WINDOW_TIMING = (1, 3)
 
 def reference_probabilities(model: object, features: dict[str, np.ndarray]) -> np.ndarray:
     """Blended probabilities the straightforward way: float64 whole-scene sums, batches of 8."""
-    from glacier_mapping.inference import gaussian_window, window_origins
+    from glacier_mapping.inference import DEFAULT_BLEND, blending_window, window_origins
 
     height, width = next(iter(features.values())).shape[:2]
-    window = gaussian_window(PATCH).astype(np.float64)
+    window = blending_window(PATCH, DEFAULT_BLEND).astype(np.float64)
     sums = np.zeros((height, width, 2))
     weights = np.zeros((height, width))
     origins = window_origins(height, width, PATCH, STRIDE)

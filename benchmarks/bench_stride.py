@@ -4,11 +4,17 @@ The model is the quick profile's global GlaViTU (small preset, 64 px patches), t
 book's artifact store under ``outputs/quick`` or trained there first (the same cached artifact
 the book's chapters use; about 1.5 minutes on 2 cores). Every tile of the synthetic test split
 is predicted with ``predict_array`` for strides of a whole, three quarters and half a patch,
-each with Gaussian and with uniform window weights, in float32; the default configuration is
-also run in bfloat16. Glacier IoU pools the confusion counts of all tiles (unpadded pixels,
-probability >= 0.5), as the book's evaluation does; the float32 configurations are also scored on
-the independent split (later dates and unseen regions). Time is the whole test split's
-prediction time.
+each with every blending window (``narrow``, ``original``, ``uniform``), in float32; the default
+configuration is also run in bfloat16. Glacier IoU pools the confusion counts of all tiles
+(unpadded pixels, probability >= 0.5), as the book's evaluation does; the float32 configurations
+are also scored on the independent split (later dates and unseen regions). Time is the whole
+test split's prediction time.
+
+Seams: a blend without seam artefacts gives a map that does not depend on where the window grid
+lies. Each tile is predicted a second time with the grid moved by half a stride in both
+directions (the tile cropped by that much at the top and left), and ``grid_shift_difference`` is
+the mean absolute glacier-probability difference between the two maps over the shared pixels,
+``grid_shift_class_changes`` the share of those pixels whose class changes.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from common import Row
 
 #: Window steps as fractions of the patch size.
 STRIDE_FRACTIONS = (1.0, 0.75, 0.5)
-BLENDS = ("gaussian", "uniform")
 
 
 def trained_model(profile: str) -> tuple[object, object]:
@@ -61,8 +66,37 @@ def evaluate(model: object, tiles: list, patch: int, stride: int, blend: str,
     return totals["tp"] / (totals["tp"] + totals["fp"] + totals["fn"]), seconds
 
 
+def grid_dependence(model: object, tiles: list, patch: int, stride: int,
+                    blend: str) -> tuple[float, float]:
+    """Mean |probability change| and class-change share when the window grid moves.
+
+    The grid moves by half a stride down and right (the tile is cropped by that much); only the
+    pixels both predictions cover and the tile marks valid are compared.
+    """
+    from glacier_mapping.inference import predict_array
+
+    shift = max(stride // 2, 1)
+    total = changed = count = 0.0
+    for tile in tiles:
+        base = predict_array(model, tile.features, patch, stride=stride, blend=blend)[..., 1]
+        cropped = {name: array[shift:, shift:] for name, array in tile.features.items()}
+        moved = predict_array(model, cropped, patch, stride=stride, blend=blend)[..., 1]
+        valid = np.asarray(tile.valid)[shift:, shift:]
+        difference = np.abs(base[shift:, shift:] - moved)[valid]
+        classes = (base[shift:, shift:] >= 0.5) != (moved >= 0.5)
+        total += float(difference.sum())
+        changed += float(classes[valid].sum())
+        count += float(valid.sum())
+    return total / count, changed / count
+
+
 def run(quick: bool) -> list[Row]:
-    from glacier_mapping.inference import bfloat16_supported, predict_array
+    from glacier_mapping.inference import (
+        BLENDS,
+        DEFAULT_BLEND,
+        bfloat16_supported,
+        predict_array,
+    )
 
     profile = "smoke" if quick else "quick"
     trained, benchmark = trained_model(profile)
@@ -79,7 +113,7 @@ def run(quick: bool) -> list[Row]:
     # Windows that do not overlap make the blend irrelevant: one configuration suffices.
     configs = [(int(patch * f), blend, "float32") for f in STRIDE_FRACTIONS
                for blend in (BLENDS if f < 1.0 else BLENDS[:1])]
-    configs.append((patch // 2, "gaussian", "bfloat16"))
+    configs.append((patch // 2, DEFAULT_BLEND, "bfloat16"))
     results = {}
     for stride, blend, precision in configs:
         iou, seconds = evaluate(model, tiles, patch, stride, blend, precision)
@@ -89,18 +123,28 @@ def run(quick: bool) -> list[Row]:
             Row("stride", case, "glacier_iou", iou, "IoU", f"pooled counts; {method}"),
             Row("stride", case, "split_seconds", seconds, "s", method),
         ]
+        if precision == "float32" and stride < patch:
+            shift_difference, class_changes = grid_dependence(model, tiles, patch, stride, blend)
+            seam_method = (f"test split predicted twice, window grid moved by {stride // 2} px "
+                           f"(half a stride); {source}")
+            rows += [
+                Row("stride", case, "grid_shift_difference", shift_difference, "probability",
+                    f"mean |glacier probability change|; {seam_method}"),
+                Row("stride", case, "grid_shift_class_changes", class_changes, "fraction",
+                    f"share of valid pixels whose class changes; {seam_method}"),
+            ]
         if precision == "float32":
             rows.append(Row("stride", case, "independent_glacier_iou",
                             evaluate(model, independent, patch, stride, blend, precision)[0],
                             "IoU", f"pooled counts over the {len(independent)} tiles of the "
                             f"independent split (later dates, unseen regions); {source}"))
-    default = results[(patch // 2, "gaussian", "float32")]
-    half = results[(patch // 2, "gaussian", "bfloat16")]
+    default = results[(patch // 2, DEFAULT_BLEND, "float32")]
+    half = results[(patch // 2, DEFAULT_BLEND, "bfloat16")]
     supported = "supported" if bfloat16_supported() else "NOT supported"
     rows += [
-        Row("stride", f"stride {patch // 2}, gaussian", "bfloat16_iou_difference",
+        Row("stride", f"stride {patch // 2}, {DEFAULT_BLEND}", "bfloat16_iou_difference",
             half[0] - default[0], "IoU", f"bfloat16 - float32 glacier IoU; {method}"),
-        Row("stride", f"stride {patch // 2}, gaussian", "bfloat16_speedup",
+        Row("stride", f"stride {patch // 2}, {DEFAULT_BLEND}", "bfloat16_speedup",
             default[1] / half[1], "x",
             f"split_seconds float32 / bfloat16 (bfloat16 {supported} here); {method}"),
     ]

@@ -130,6 +130,25 @@ def test_strips_equal_one_piece_and_outputs_are_georeferenced(files, tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("blend", ["original", "uniform"])
+def test_scene_blend_equals_the_chapters_blend(files, tmp_path, blend):
+    with source_of(files) as source:
+        summary = deploy_scene(source, files["model"], tmp_path / "out", stride=5, batch_size=3,
+                               progress=False, precision="float32", blend=blend)
+        scene = load_scene(source)
+    model = keras.saving.load_model(files["model"])
+    probs = predict_array(model, scene.arrays(), P, stride=5, blend=blend)
+    narrow = predict_array(model, scene.arrays(), P, stride=5)
+    valid = scene.valid.values
+    with rasterio.open(summary.outputs["confidence.tif"]) as conf:
+        conf_map = conf.read(1)
+    from glacier_mapping.calibration import confidence
+
+    np.testing.assert_allclose(conf_map[valid], confidence(probs)[valid], atol=1e-5)
+    assert np.abs(confidence(narrow) - confidence(probs))[valid].max() > 1e-4
+    assert summary.parameters["blend"] == blend
+
+
 def test_row_buffer_stays_one_patch_high(files, tmp_path, monkeypatch):
     """Memory: the blending buffer never holds more than one patch of rows."""
     heights = []

@@ -15,7 +15,8 @@ import glacier_mapping.models
 from glacier_mapping import inference
 from glacier_mapping.inference import (
     BlendAccumulator,
-    gaussian_window,
+    narrow_window,
+    original_window,
     predict_array,
     predict_dataarray,
     predict_windows,
@@ -76,14 +77,50 @@ def _direct(model: keras.Model, features: dict, location=None) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(batch, training=False)["output"])[0]
 
 
-def test_gaussian_window_is_positive_peaked_and_symmetric():
-    for size in (1, 7, 16):
-        window = gaussian_window(size)
-        assert window.shape == (size, size) and window.dtype == np.float32
-        assert np.all(window > 0) and window.max() == 1.0
-        np.testing.assert_allclose(window, window.T)
-        np.testing.assert_allclose(window, window[::-1, ::-1])
-    assert gaussian_window(16)[7, 7] > gaussian_window(16)[0, 7] > gaussian_window(16)[0, 0]
+def test_blending_windows_are_positive_peaked_and_symmetric():
+    for kernel in (narrow_window, original_window):
+        for size in (1, 7, 16):
+            window = kernel(size)
+            assert window.shape == (size, size) and window.dtype == np.float32
+            assert np.all(window > 0) and window.max() == 1.0
+            np.testing.assert_allclose(window, window.T)
+            np.testing.assert_allclose(window, window[::-1, ::-1])
+        assert kernel(16)[7, 7] > kernel(16)[0, 7] > kernel(16)[0, 0]
+    # The original's kernel is wide (corner exp(-1) of the centre), the narrow one is not.
+    assert original_window(385)[0, 0] == pytest.approx(np.exp(-1.0), rel=1e-6)
+    assert 1e-8 < narrow_window(385)[0, 0] < 1e-6
+
+
+def context_model(patch: int) -> keras.Model:
+    """Outputs depend on the whole window (3x3 conv plus the window mean), so blending matters."""
+    keras.utils.set_random_seed(7)
+    inputs = _inputs()
+    features = layers.Concatenate()([inputs["optical"], inputs["dem"]])
+    local = layers.Conv2D(2, 3, padding="same")(features)
+    pooled = layers.Dense(2)(layers.GlobalAveragePooling2D(keepdims=True)(features))
+    logits = local + 3.0 * layers.UpSampling2D(patch)(pooled)
+    return keras.Model(inputs, {"output": layers.Softmax()(logits)})
+
+
+def test_original_blend_equals_the_original_formula_on_the_same_windows():
+    patch, stride, height, width = 16, 8, 40, 52
+    model = context_model(patch)
+    features = _features(height, width, seed=3)
+    # The original's formula: every window's softmax weighted by c * exp(-(x^2 + y^2) / 2) with
+    # x, y = linspace(-1, 1, P), summed, divided by the summed weights (c = 1.25 cancels).
+    axis = np.linspace(-1.0, 1.0, patch)
+    kernel = 1.25 * np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / 2.0)
+    sums, weights = np.zeros((height, width, 2)), np.zeros((height, width))
+    for row, col in window_origins(height, width, patch, stride):
+        window = {k: v[row : row + patch, col : col + patch] for k, v in features.items()}
+        probs = _direct(model, window).astype(np.float64)
+        sums[row : row + patch, col : col + patch] += probs * kernel[..., None]
+        weights[row : row + patch, col : col + patch] += kernel
+    expected = sums / weights[..., None]
+    original = predict_array(model, features, patch, stride=stride, blend="original")
+    assert np.abs(original - expected).max() <= 1e-5
+    narrow = predict_array(model, features, patch, stride=stride, blend="narrow")
+    assert np.abs(narrow - expected).max() > 1e-3  # the blend is not immaterial here
 
 
 def test_window_origins_cover_borders():
@@ -248,10 +285,10 @@ def test_uniform_blend_is_the_plain_mean_of_overlapping_windows():
     result = accumulator.result()
     np.testing.assert_allclose(result[:, 2:4], 0.4, rtol=1e-6)
     np.testing.assert_allclose(result[:, :2], 0.2, rtol=1e-6)
-    gaussian = BlendAccumulator(4, 6, 4)
-    gaussian.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0)
-    gaussian.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2)
-    assert not np.allclose(gaussian.result()[:, 2:4], 0.4, rtol=1e-3)
+    narrow = BlendAccumulator(4, 6, 4)
+    narrow.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0)
+    narrow.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2)
+    assert not np.allclose(narrow.result()[:, 2:4], 0.4, rtol=1e-3)
 
 
 def test_precision_and_blend_names_are_checked():

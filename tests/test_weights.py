@@ -24,9 +24,15 @@ from glacier_mapping.models.weights import (
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 WEIGHTS = REFERENCE / "glavitu_p64_weights.h5"
 IO = REFERENCE / "glavitu_p64_io.npz"
+REGION_WEIGHTS = REFERENCE / "glavitu_p64_region_weights.h5"
+REGION_IO = REFERENCE / "glavitu_p64_region_io.npz"
 needs_reference = pytest.mark.skipif(
     not (WEIGHTS.is_file() and IO.is_file()),
     reason=f"original GlaViTU reference files not found in {REFERENCE}",
+)
+needs_region_reference = pytest.mark.skipif(
+    not (REGION_WEIGHTS.is_file() and REGION_IO.is_file()),
+    reason=f"original region-encoding GlaViTU reference files not found in {REFERENCE}",
 )
 
 
@@ -50,6 +56,22 @@ def test_imported_model_reproduces_original_outputs(imported):
     for head in ("output", "deepsupervision"):
         assert np.abs(np.asarray(out[head]) - batch[head]).max() <= 1e-5, head
     assert count_parameters(imported) == 9_996_228  # as stated for the reference file
+
+
+@needs_region_reference
+def test_imported_region_encoding_model_reproduces_original_outputs():
+    layout = read_layout(REGION_WEIGHTS)
+    assert layout.location_size == 12 and layout.sensors == ("optical", "dem")
+    model = import_original_weights(REGION_WEIGHTS)
+    assert count_parameters(model) == 10_001_732  # as stated for the reference file
+    batch = np.load(REGION_IO)
+    inputs = {name: batch[name] for name in ("optical", "dem", "location")}
+    out = model(inputs, training=False)
+    for head in ("output", "deepsupervision"):
+        assert np.abs(np.asarray(out[head]) - batch[head]).max() <= 1e-5, head
+    # The location vector reaches the outputs: swapping the samples' vectors changes them.
+    swapped = model({**inputs, "location": batch["location"][::-1]}, training=False)
+    assert np.abs(np.asarray(swapped["output"]) - batch["output"]).max() > 1e-2
 
 
 @needs_reference

@@ -2,7 +2,7 @@
 
 The scene is processed one row of windows at a time. Windows are read from the files in
 batches (a background thread reads the next batch while the model runs), predicted, weighted
-with the Gaussian window of :mod:`glacier_mapping.inference` and accumulated in a float32
+with a blending window of :mod:`glacier_mapping.inference` and accumulated in a float32
 buffer one patch high; rows that no later window touches are finalised and written to the
 output rasters at once. Peak memory therefore depends on the patch size, the batch size and the
 scene width, never on the scene height. Outlines are then vectorised from
@@ -48,8 +48,10 @@ from glacier_mapping.data.schema import (
 )
 from glacier_mapping.data.tiles import NormStats
 from glacier_mapping.inference import (
+    BLENDS,
+    DEFAULT_BLEND,
     PRECISIONS,
-    gaussian_window,
+    blending_window,
     inference_model,
     predict_windows,
     resolve_precision,
@@ -269,10 +271,10 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 class _StripBlender:
-    """Gaussian blending in a buffer that spans only the rows windows still touch."""
+    """Weighted blending in a buffer that spans only the rows windows still touch."""
 
-    def __init__(self, width: int, patch_size: int) -> None:
-        self.window = gaussian_window(patch_size)
+    def __init__(self, width: int, window: np.ndarray) -> None:
+        self.window = window
         self.top = 0
         self.sums = np.zeros((0, width, NUM_CLASSES), np.float32)
         self.weights = np.zeros((0, width), np.float32)
@@ -410,6 +412,7 @@ def deploy_scene(
     vector_strip_rows: int = 1024,
     precision: str = "auto",
     prefetch: bool = True,
+    blend: str = DEFAULT_BLEND,
 ) -> DeploymentSummary:
     """Map glaciers on a whole scene with windowed, batched inference.
 
@@ -440,6 +443,8 @@ def deploy_scene(
             see :func:`glacier_mapping.inference.resolve_precision`); the precision used is
             recorded in ``summary.json``.
         prefetch: read the next batch of windows in a background thread while the model runs.
+        blend: window weights, one of :data:`glacier_mapping.inference.BLENDS`; ``original``
+            reproduces the original implementation's whole-scene probabilities.
 
     Raises:
         DeploymentError: for a bad parameter, model, sensor mismatch or output directory.
@@ -459,6 +464,11 @@ def deploy_scene(
             raise DeploymentError(
                 f"precision={precision!r} is not one of {list(PRECISIONS)}; pass --precision "
                 "float32, bfloat16 or auto."
+            )
+        if blend not in BLENDS:
+            raise DeploymentError(
+                f"blend={blend!r} is not one of {list(BLENDS)}; pass --blend "
+                f"{' / '.join(BLENDS)}."
             )
         chosen_precision = resolve_precision(precision)
         _check_out_dir(out_dir)
@@ -507,7 +517,7 @@ def deploy_scene(
         reader = _WindowReader(source, info.sensors, stats, size, mode, region_vector)
         totals = _predict_and_write(
             source, runner, reader, calibrator, stride, batch_size, tta, mc_passes, paths,
-            progress, prefetch,
+            progress, prefetch, blend,
         )
         counts = totals.pop("counts")
         estimated = estimate_iou(counts) if calibrator is not None else None
@@ -538,7 +548,7 @@ def deploy_scene(
             calibrator=None if calibrator_path is None else str(calibrator_path),
             region_vector=None if region_vector_path is None else str(region_vector_path),
             parameters={"tta": tta, "mc_passes": mc_passes, "stride": stride,
-                        "batch_size": batch_size, "precision": chosen_precision,
+                        "batch_size": batch_size, "precision": chosen_precision, "blend": blend,
                         "prefetch": prefetch, "raster_format": totals.pop("format")},
             pixels={"total": height * width, "valid": totals["valid"],
                     "glacier": totals["glacier"], "windows": totals["windows"]},
@@ -585,7 +595,7 @@ class _StripWriter:
 def _predict_and_write(
     source: SceneSource, model: Any, reader: _WindowReader,  # noqa: ANN401
     calibrator: Calibrator | None, stride: int, batch_size: int, tta: bool, mc_passes: int,
-    paths: dict[str, Path], progress: bool, prefetch: bool,
+    paths: dict[str, Path], progress: bool, prefetch: bool, blend: str,
 ) -> dict[str, Any]:
     """Run the windows row by row and write the class and confidence rasters."""
     height, width = source.shape
@@ -596,7 +606,7 @@ def _predict_and_write(
     batches = list(_batches(columns, batch_size))
     jobs = [(row, batch) for row in rows for batch in batches]
     next_row = dict(zip(rows, rows[1:], strict=False))
-    blender = _StripBlender(width, size)
+    blender = _StripBlender(width, blending_window(size, blend))
     tiled = {name: paths[name].with_name(f".{name}.part-{os.getpid()}")
              for name in (CLASS_FILE, CONFIDENCE_FILE)}
     totals: dict[str, Any] = {"valid": 0, "glacier": 0, "area_km2": 0.0,
@@ -818,6 +828,10 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference precision; auto = bfloat16 where the hardware has it "
                              "(AVX-512 BF16/AMX CPU with TF_ENABLE_ONEDNN_OPTS=1, or a GPU of "
                              "compute capability >= 8.0), else float32")
+    parser.add_argument("--blend", choices=BLENDS, default=DEFAULT_BLEND,
+                        help=f"window weights (default {DEFAULT_BLEND}: Gaussian, sigma = patch/8; "
+                             "original: the original implementation's wide Gaussian; uniform: "
+                             "plain mean)")
     parser.add_argument("--name", help="scene name (default: first optical file name)")
     parser.add_argument("--date", help="acquisition date YYYY-MM-DD (default: from file tags)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -839,7 +853,7 @@ def deploy_from_args(args: argparse.Namespace) -> int:
                 region_vector_path=args.region_vector, coordinates=args.coordinates,
                 tta=args.tta, mc_passes=args.mc_passes, patch_size=args.patch_size,
                 stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress,
-                norm_stats=args.norm_stats, precision=args.precision,
+                norm_stats=args.norm_stats, precision=args.precision, blend=args.blend,
             )
     except (SceneError, DeploymentError, FileNotFoundError, ValueError) as error:
         print(f"glacier-mapping deploy: error: {error}", file=sys.stderr)

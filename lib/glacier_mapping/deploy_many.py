@@ -46,7 +46,7 @@ REQUIRED_COLUMNS = ("scene_id", "optical", "bands", "model")
 #: Manifest columns holding one ``deploy`` option value each (flag = ``--`` + dashes).
 VALUE_COLUMNS = ("optical_scale", "dem", "slope", "co_pol", "cross_pol", "coherence", "thermal",
                  "calibrator", "region_vector", "norm_stats", "mc_passes", "patch_size",
-                 "stride", "batch_size", "precision", "date")
+                 "stride", "batch_size", "precision", "blend", "date")
 BOOLEAN_COLUMNS = ("tta", "coordinates")
 MANIFEST_COLUMNS = (*REQUIRED_COLUMNS, "name", *VALUE_COLUMNS, *BOOLEAN_COLUMNS, "out")
 PATH_OPTIONS = ("dem", "slope", "co_pol", "cross_pol", "coherence", "thermal", "model",
@@ -352,6 +352,7 @@ def run_scene(job: SceneJob) -> dict[str, Any]:
                 tta=options.tta, mc_passes=options.mc_passes, patch_size=options.patch_size,
                 stride=options.stride, batch_size=options.batch_size, progress=False,
                 norm_stats=options.norm_stats, precision=options.precision,
+                blend=options.blend,
             )
     except Exception as error:  # every failure is reported, none is fatal
         message = _short_message(error)

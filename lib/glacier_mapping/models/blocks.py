@@ -1,9 +1,35 @@
 """Building blocks shared by GlaViTU and DeepLabv3+: layers, fusion block, location encoding.
 
-Numerical conventions follow the original (legacy Keras 2) implementation so that its weights
-can be imported with identical outputs (each choice verified against reference outputs of the
-original): BatchNormalization epsilon 1e-3, LeakyReLU slope 0.2 (not the Keras default 0.3),
-LayerNormalization epsilon 1e-3, exact (erf) GELU, bilinear upsampling with half-pixel centres.
+Numerical conventions follow the original (legacy Keras 2, tf-keras 2.x) implementation so that
+its weights import with identical outputs. Each setting, block by block, with its source
+("parity" = checked by importing the original's weights and reproducing both heads to 1e-5 on
+``../shared/reference``: optical+DEM at 64 px, and optical+DEM+region vector at 64 px):
+
+=========================  ==========================================  ======================
+block                      setting                                     source
+=========================  ==========================================  ======================
+fusion conv blocks         LeakyReLU slope 0.2 (``tf.nn.leaky_relu``)  parity (both files)
+squeeze-excitation         Dense LeakyReLU 0.2, Dense sigmoid          parity (both files)
+location encoding          LeakyReLU slope **0.3** (tf-keras           parity (region file;
+                           ``LeakyReLU()`` default, built without an   0.2 moves the heads
+                           argument)                                   by up to 0.11)
+SETR transformer blocks    LayerNorm epsilon 1e-3, exact (erf) GELU    parity (both files)
+SETR decoder (PUP)         conv + BN, no activation; bilinear x2       parity (both files)
+                           with half-pixel centres
+ResU-Net blocks            LeakyReLU 0.2; up-conv BN, no activation    parity (both files)
+every BatchNormalization   epsilon 1e-3 (Keras 2 default)              parity (both files)
+every BatchNormalization   momentum 0.99 (Keras 2 and 3 default)       original code uses the
+                                                                       default; training
+                                                                       only, not testable by
+                                                                       inference parity
+kernels (Dense, Conv2D,    Glorot uniform (Keras default)              bounds of the region
+MultiHeadAttention)                                                    file's seeded kernels
+positional embedding       N(0, 0.05) (``random_normal``)              std 0.052 in the
+                                                                       region file
+=========================  ==========================================  ======================
+
+DeepLabv3+ shares the fusion and location blocks; its own layers use the same slope and epsilon
+(not checked by parity: no reference file of the original baseline exists here).
 """
 
 from __future__ import annotations
@@ -18,6 +44,7 @@ from glacier_mapping.data.schema import SENSOR_CHANNELS
 
 PACKAGE = "glacier_mapping"
 LEAKY_SLOPE = 0.2  # as in the original (checked by output parity)
+LOCATION_LEAKY_SLOPE = 0.3  # the original's location block: tf-keras LeakyReLU() default
 BN_EPSILON = 1e-3  # legacy Keras 2 BatchNormalization default
 LN_EPSILON = 1e-3  # legacy Keras 2 LayerNormalization default
 
@@ -247,12 +274,16 @@ def fusion_block(
 def location_encoding(
     location: keras.KerasTensor, filters: int, dropout: float
 ) -> keras.KerasTensor:
-    """Dense + BN + LeakyReLU (+ dropout) twice; returns a (1, 1, filters) map to broadcast."""
+    """Dense + BN + LeakyReLU (+ dropout) twice; returns a (1, 1, filters) map to broadcast.
+
+    The LeakyReLUs use slope 0.3, unlike the rest of the model (0.2): the original builds them
+    without an argument, so they take the tf-keras default.
+    """
     x = location
     for step in (1, 2):
         x = layers.Dense(filters, name=f"location_dense{step}")(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"location_bn{step}")(x)
-        x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"location_act{step}")(x)
+        x = layers.LeakyReLU(negative_slope=LOCATION_LEAKY_SLOPE, name=f"location_act{step}")(x)
         x = MCDropout(dropout, name=f"location_drop{step}")(x)
     return layers.Reshape((1, 1, filters), name="location_map")(x)
 
