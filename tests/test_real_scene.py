@@ -260,12 +260,12 @@ def test_evaluate_everest_and_verdict(everest: rs.EverestData) -> None:
     table = result.table()
     assert table.loc["glavitu", "iou"] == 1.0
     assert 0.0 < table.loc["threshold", "iou"] < 1.0
-    assert "meets the target" in rs.everest_verdict(result)
+    assert "difference of +" in rs.everest_comparison(result)
     tidy = result.tidy(region=rs.EVEREST_REGION)
     assert set(tidy["model"]) == {"glavitu", "threshold"}
     assert set(tidy["metric"]) == set(rs.METRICS)
     empty = rs.evaluate_everest(everest, settings, np.zeros_like(perfect))
-    assert "does not meet" in rs.everest_verdict(empty)
+    assert "difference of -" in rs.everest_comparison(empty)
     assert empty.gain() == pytest.approx(-table.loc["threshold", "iou"])
     with pytest.raises(ValueError, match="cover the test part"):
         rs.evaluate_everest(everest, settings, perfect[:10])
@@ -278,7 +278,7 @@ def test_validation_part_and_errors_by_illumination(everest: rs.EverestData) -> 
     window = rs.split_parts(everest.shape, settings.split, settings.gap, settings.val_size)["val"]
     result = rs.evaluate_everest(everest, settings, everest.glacier[window], part="val")
     assert result.model_name == "deeplab" and result.glacier.shape == (128, 368)
-    verdict = rs.everest_verdict(result)
+    verdict = rs.everest_comparison(result)
     assert "validation strip" in verdict and "target" not in verdict
     table = rs.errors_by_illumination(everest, result)
     assert list(table.index) == list(rs.ILLUMINATION_CLASSES)

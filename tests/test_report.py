@@ -38,6 +38,26 @@ def test_results_page_changes_with_the_metrics(tmp_path):
     assert "not computed in this run" in second  # claims without a matching row say so
 
 
+def test_results_page_starts_with_the_verdicts_and_ends_with_a_browser(tmp_path):
+    from glacier_mapping.claims import CLAIMS
+    from glacier_mapping.findings import judge, write_findings
+    from glacier_mapping.uncertainty import Estimate
+
+    _write(tmp_path, 0.612)
+    write_findings(tmp_path, "02_glavitu_training", [
+        judge(CLAIMS["debris_region_hardest"], Estimate(0.2, 0.1, 0.3, "bootstrap", 20),
+              synthetic=True),
+        judge(CLAIMS["glavitu_beats_deeplab"], Estimate(0.03, 0.01, 0.05, "bootstrap", 20),
+              synthetic=True, seeds=1),
+    ])
+    page = results_at_a_glance(tmp_path, "quick")
+    verdicts = page.index("Which of the paper's findings hold")
+    assert verdicts < page.index("The paper's numbers beside") < page.index("All of this run")
+    assert "2 findings: 1 holds, 0 fails, 1 inconclusive" in page
+    assert "✅ holds" in page and "one training seed" in page
+    assert '<input type="search"' in page and "<td>iou_mean_of_regions</td>" in page
+
+
 def test_paper_comparison_for_one_chapter(tmp_path):
     _write(tmp_path, 0.5)
     table = paper_comparison(load_metrics(tmp_path), "02_glavitu_training")

@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Sequence
 
 import h5py
-import numpy as np
 import pandas as pd
 
 from glacier_mapping.store import Artifact
@@ -23,6 +22,7 @@ from glacier_mapping.strategies import (
     predict_split,
     tidy_metrics,
 )
+from glacier_mapping.uncertainty import seed_interval
 from glacier_mapping.workflow import Context
 
 BASELINE = "optical+dem"
@@ -76,8 +76,10 @@ def ablation_experiments(
 ) -> list[ExperimentSpec]:
     """Every sensor set trained on the same ``regions``, for every seed.
 
-    The schedule is the profile's global one, shortened by ``experiments.ablation_epochs`` when
-    the profile sets it (many models must fit the CPU budget).
+    The schedule is the profile's global one, with ``experiments.ablation_epochs`` epochs and
+    the ``experiments.ablation_preset`` model size when the profile sets them: a dozen models
+    must fit the CPU budget *and* train until their validation IoU levels off, and a smaller
+    model that converged says more about a sensor than a larger one that did not.
     """
     if not regions:
         raise ValueError(
@@ -87,7 +89,8 @@ def ablation_experiments(
     seeds = list(seeds or context.profile.experiments["ablation_seeds"])
     base = global_experiment(context, regions=regions)
     epochs = context.profile.experiments.get("ablation_epochs", base.epochs)
-    base = dataclasses.replace(base, epochs=epochs,
+    preset = context.profile.experiments.get("ablation_preset", base.preset)
+    base = dataclasses.replace(base, epochs=epochs, preset=preset,
                                restart_epochs=tuple(e for e in base.restart_epochs if e < epochs)
                                + (epochs,))
     return [
@@ -124,11 +127,11 @@ def evaluate_ablation(
 
 
 def compare_to_baseline(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over seeds of each sensor set's IoU difference from its matched baseline.
+    """Mean over seeds of each sensor set's IoU difference from its matched baseline.
 
-    The verdict is ``better``/``worse`` only when |mean difference| exceeds the standard
-    deviation of the per-seed differences; with one seed there is no spread and the verdict is
-    ``undetermined (1 seed)``.
+    Each model is compared with the optical + DEM model of the same seed; the 95 % t interval
+    over seeds gives the verdict: ``better``/``worse`` when it excludes zero, ``no difference``
+    otherwise, ``undetermined (1 seed)`` without an interval (the findings' rule).
     """
     baseline = per_seed[per_seed["sensor set"] == BASELINE]
     added = per_seed[per_seed["sensor set"] != BASELINE]
@@ -137,16 +140,15 @@ def compare_to_baseline(per_seed: pd.DataFrame) -> pd.DataFrame:
     merged["difference"] = merged["iou"] - merged["iou baseline"]
     rows = []
     for (region, name), group in merged.groupby(["region", "sensor set"]):
-        diffs = group["difference"].to_numpy(dtype=float)
-        spread = float(np.std(diffs, ddof=1)) if diffs.size > 1 else float("nan")
-        mean = float(diffs.mean())
-        if diffs.size < 2:
+        estimate = seed_interval(group["difference"].tolist())
+        if not estimate.has_interval:
             verdict = "undetermined (1 seed)"
-        elif abs(mean) > spread:
-            verdict = "better" if mean > 0 else "worse"
+        elif estimate.low > 0 or estimate.high < 0:
+            verdict = "better" if estimate.value > 0 else "worse"
         else:
             verdict = "no difference"
-        rows.append({"region": region, "sensor set": name, "seeds": diffs.size,
+        rows.append({"region": region, "sensor set": name, "seeds": estimate.n,
                      "baseline IoU": group["iou baseline"].mean(), "IoU": group["iou"].mean(),
-                     "mean difference": mean, "spread": spread, "verdict": verdict})
+                     "mean difference": estimate.value, "interval low": estimate.low,
+                     "interval high": estimate.high, "verdict": verdict})
     return pd.DataFrame(rows).set_index(["region", "sensor set"])

@@ -22,6 +22,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from glacier_mapping.config import Profile, load_profile
+from glacier_mapping.machine import cpu_description
 from glacier_mapping.store import NOTEBOOK_ENV, ArtifactStore, atomic_write_json
 
 #: Packages whose versions the manifest records.
@@ -260,7 +261,8 @@ def run_pipeline(
         "profile": profile.as_dict(), "seed": profile.seed, "data_dir": data_path or "synthetic",
         "output_dir": str(output_dir), "git_commit": git_commit(notebook_dir.parent),
         "versions": package_versions(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu_count": os.cpu_count(), "cpu": cpu_description(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "notebooks": [], "status": "running",
     }
     store = ArtifactStore(output_dir / "cache")

@@ -6,6 +6,7 @@ Nothing here is typed by hand: every number comes from ``outputs/<profile>/metri
 
 from __future__ import annotations
 
+import html
 import json
 from importlib import resources
 from pathlib import Path
@@ -13,14 +14,15 @@ from typing import Any
 
 import pandas as pd
 
+from glacier_mapping.findings import VERDICT_MARKS, Finding, load_findings
+from glacier_mapping.machine import cpu_summary
+
 METRIC_COLUMNS: tuple[str, ...] = (
     "chapter", "experiment", "model", "preset", "strategy", "sensors", "split", "region", "seed",
     "metric", "value",
 )
-#: Metrics shown in the headline table of "Results at a glance" (pooled over regions).
-HEADLINE_METRICS: tuple[str, ...] = (
-    "iou", "iou_mean_of_regions", "ece", "iou_estimated", "parameter_count",
-)
+#: Columns of the metrics browser of "Results at a glance".
+BROWSER_COLUMNS: tuple[str, ...] = ("chapter", "experiment", "split", "region", "metric")
 
 
 def load_metrics(output_dir: str | Path) -> pd.DataFrame:
@@ -43,12 +45,16 @@ def paper_numbers() -> list[dict[str, Any]]:
     return json.loads(text)["numbers"]
 
 
-def _matching_value(metrics: pd.DataFrame, match: dict[str, str]) -> tuple[str, str]:
+def _matching_value(metrics: pd.DataFrame, match: dict[str, str],
+                    best_of: str | None = None) -> tuple[str, str]:
     rows = metrics
     for column, wanted in match.items():
         rows = rows[rows[column].astype(str) == str(wanted)]
     if rows.empty:
         return "not computed in this run", ""
+    if best_of:
+        means = rows.groupby(best_of)["value"].mean()
+        return f"{_format(means.max())} ({means.idxmax()})", str(match.get("chapter", ""))
     values = rows["value"].astype(float)
     if len(values) == 1:
         text = _format(values.iloc[0])
@@ -64,17 +70,26 @@ def _format(value: float) -> str:
 
 
 def results_at_a_glance(output_dir: str | Path, profile: str) -> str:
-    """Markdown of the paper's numbers beside this run's, plus this run's headline metrics."""
+    """Markdown of the verdicts, the paper's numbers beside this run's, and a metrics browser."""
     metrics = load_metrics(output_dir)
     lines = [
         "(results-at-a-glance)=",
         "# Results at a glance",
         "",
-        f"Generated from `outputs/{profile}/metrics/` of this build (profile `{profile}`). "
-        "Unless the book was built on the real benchmark, **this run's numbers come from the "
-        "synthetic stand-in benchmark and small CPU models**: they show that the workflow "
-        "reproduces the paper's *questions*, not its values. Read them side by side, not as a "
-        "match.",
+        f"Generated from `outputs/{profile}/` of this build (profile `{profile}`). Unless the "
+        "book was built on the real benchmark, **this run's numbers come from the synthetic "
+        "stand-in benchmark and small CPU models**: they test whether the paper's findings "
+        "hold *here*, not the paper's values.",
+        "",
+        "## Which of the paper's findings hold in this run",
+        "",
+        "Each verdict is computed from this run's metrics (see the chapter for the evidence): "
+        "*holds* when the whole 95 % interval of the effect lies on the claim's side, *fails* "
+        "when it lies on the other side, *inconclusive* when it straddles the margin, when the "
+        "models behind it had not converged or were trained with one seed, or when an "
+        "absolute IoU is read on synthetic data.",
+        "",
+        *verdict_table(load_findings(output_dir)),
         "",
         "## The paper's numbers beside this run's",
         "",
@@ -82,37 +97,63 @@ def results_at_a_glance(output_dir: str | Path, profile: str) -> str:
         "|---|---|---|---|---|",
     ]
     for entry in paper_numbers():
-        ours, chapter = _matching_value(metrics, entry["match"])
+        ours, chapter = _matching_value(metrics, entry["match"], entry.get("best_of"))
         link = f"{{doc}}`/notebooks/{chapter}`" if chapter else ""
         lines.append(
             f"| {entry['claim']} | {entry['paper']} | {ours} | {link} | {entry['status']} |"
         )
-    lines += ["", "## This run's headline metrics", ""]
-    headline = metrics[(metrics["region"] == "ALL") & metrics["metric"].isin(HEADLINE_METRICS)]
-    if headline.empty:
-        lines.append("No metrics were written by this run.")
-    else:
-        keys = ["chapter", "experiment", "model", "preset", "strategy", "sensors", "split",
-                "metric"]
-        table = (
-            headline.groupby(keys, dropna=False)["value"]
-            .agg(["mean", "std", "count"]).reset_index()
-        )
-        lines += [
-            "| Chapter | Experiment | Model | Preset | Strategy | Sensors | Split | Metric | Value "
-            "| Runs |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in table.itertuples(index=False):
-            value = _format(row.mean)
-            if row.count > 1 and pd.notna(row.std):
-                value += f" ± {row.std:.3f}"
-            lines.append(
-                f"| {{doc}}`/notebooks/{row.chapter}` | {row.experiment} | {row.model} | "
-                f"{row.preset} | {row.strategy} | "
-                f"{row.sensors} | {row.split} | {row.metric} | {value} | {row.count} |"
-            )
+    lines += ["", "## All of this run's metrics", "",
+              "Type in the box to filter the rows (e.g. `HMA`, `ece`, `spatial`); values are "
+              "means over seeds with their standard deviation.", "",
+              metrics_browser(metrics)]
     return "\n".join(lines) + "\n"
+
+
+def verdict_table(findings: list[Finding]) -> list[str]:
+    """Markdown lines of the findings' verdicts, one row per finding, in chapter order."""
+    if not findings:
+        return ["No findings were written by this run."]
+    counts = pd.Series([f.verdict for f in findings]).value_counts()
+    summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICT_MARKS)
+    lines = [f"{len(findings)} findings: {summary}.", "",
+             "| Chapter | Finding (paper) | Verdict | Effect in this run | Why |",
+             "|---|---|---|---|---|"]
+    for finding in findings:
+        lines.append(
+            f"| {{doc}}`/notebooks/{finding.chapter}` | {finding.statement} "
+            f"<br><small>{finding.source}</small> | {VERDICT_MARKS[finding.verdict]} | "
+            f"{finding.test}: {finding.evidence()} | {finding.reason} |"
+        )
+    return lines
+
+
+def metrics_browser(metrics: pd.DataFrame) -> str:
+    """A filterable HTML table of every metric (mean ± sd over seeds), scrolling in its box."""
+    if metrics.empty:
+        return "No metrics were written by this run."
+    table = (metrics.groupby(list(BROWSER_COLUMNS), dropna=False)["value"]
+             .agg(["mean", "std", "count"]).reset_index())
+    rows = []
+    for row in table.itertuples(index=False):
+        value = _format(row.mean)
+        if row.count > 1 and pd.notna(row.std):
+            value += f" ± {row.std:.3f} (n={row.count})"
+        cells = [html.escape(str(getattr(row, c))) for c in BROWSER_COLUMNS]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in [*cells, value]) + "</tr>")
+    header = "".join(f"<th>{c}</th>" for c in (*BROWSER_COLUMNS, "value"))
+    return (
+        '<div class="metrics-browser">\n'
+        '<input type="search" placeholder="Filter metrics…" aria-label="Filter metrics" '
+        'style="width:100%;max-width:24em;margin-bottom:0.5em" '
+        "oninput=\"const q=this.value.toLowerCase();this.nextElementSibling.querySelectorAll("
+        "'tbody tr').forEach(r=>{r.style.display=r.textContent.toLowerCase().includes(q)?'':"
+        "'none'})\">\n"
+        '<div class="metrics-browser-scroll" style="overflow:auto;max-height:32em;'
+        'max-width:100%">\n'
+        '<table style="font-size:0.85em;width:100%">'
+        f"<thead><tr>{header}</tr></thead>\n<tbody>\n" + "\n".join(rows)
+        + "\n</tbody></table>\n</div>\n</div>"
+    )
 
 
 def build_information(output_dir: str | Path) -> str:
@@ -132,6 +173,8 @@ def build_information(output_dir: str | Path) -> str:
         f"- Seed: {manifest['seed']}",
         f"- Git commit: `{manifest['git_commit']}`",
         f"- Platform: {manifest['platform']}, {manifest['cpu_count']} CPU(s)",
+        f"- CPU the times below were measured on: "
+        f"{cpu_summary(manifest['cpu']) if 'cpu' in manifest else 'not recorded'}",
         f"- Started: {manifest['started']}; notebook time "
         f"{manifest.get('total_notebook_seconds', 0):.0f} s",
         "",
