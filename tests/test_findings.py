@@ -47,6 +47,9 @@ def test_clear_gain_holds_and_clear_loss_fails():
     gain = evidence.model_difference(tiles, "A", "B")
     assert gain.value == pytest.approx(0.9 - 0.7, abs=0.02) and gain.low > 0.1
     assert judge(CLAIM, gain, synthetic=True).verdict == "holds"
+    margin = evidence.region_drop(tiles[tiles.model == "A"].assign(
+        tp=lambda f: np.where(f.region == "R3", 20, f.tp)), "R3")
+    assert margin.value > 0.15 and margin.low > 0
     loss = evidence.model_difference(tiles, "B", "A")
     finding = judge(CLAIM, loss, synthetic=True)
     assert finding.verdict == "fails" and "below 0" in finding.reason
@@ -71,6 +74,10 @@ def test_unconverged_models_make_a_clear_gain_inconclusive():
     gain = Estimate(0.2, 0.15, 0.25, "hand-made", 10)
     finding = judge(CLAIM, gain, synthetic=True, models=["A", "B"], unconverged=["B"])
     assert finding.verdict == "inconclusive" and "not levelled off: B" in finding.reason
+    training = Claim(key="t", chapter="02_x", statement="s", source="s", test="t",
+                     compares_training=True)
+    both = judge(training, gain, synthetic=True, unconverged=["B"], seeds=1)
+    assert "not levelled off" in both.reason and "one training seed" in both.reason
     assert "inconclusive" in finding.sentence().lower()
 
 

@@ -45,7 +45,7 @@ def test_results_page_starts_with_the_verdicts_and_ends_with_a_browser(tmp_path)
 
     _write(tmp_path, 0.612)
     write_findings(tmp_path, "02_glavitu_training", [
-        judge(CLAIMS["debris_region_hardest"], Estimate(0.2, 0.1, 0.3, "bootstrap", 20),
+        judge(CLAIMS["debris_region_drop"], Estimate(0.2, 0.1, 0.3, "bootstrap", 20),
               synthetic=True),
         judge(CLAIMS["glavitu_beats_deeplab"], Estimate(0.03, 0.01, 0.05, "bootstrap", 20),
               synthetic=True, seeds=1),

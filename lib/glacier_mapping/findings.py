@@ -133,19 +133,21 @@ def _verdict(claim: Claim, estimate: Estimate, synthetic: bool, unconverged: lis
              seeds: int) -> tuple[str, str]:
     if not math.isfinite(estimate.value):
         return "inconclusive", "not measured in this run"
+    blockers = []
     if claim.kind == "level" and synthetic:
-        return "inconclusive", (
-            "an absolute IoU on the synthetic stand-in says nothing about the paper's benchmark; "
-            "this verdict is computed only on real data")
+        blockers.append("an absolute IoU on the synthetic stand-in says nothing about the "
+                        "paper's benchmark; this verdict is computed only on real data")
     if unconverged:
-        return "inconclusive", ("resting on models whose validation IoU had not levelled off: "
-                                + ", ".join(unconverged))
+        blockers.append("resting on models whose validation IoU had not levelled off: "
+                        + ", ".join(unconverged))
     if claim.compares_training and seeds < 2:
-        return "inconclusive", (
-            "one training seed per model: the interval covers the choice of test tiles, not "
-            "the seed-to-seed variation of training, which can be as large (chapter 04)")
+        blockers.append("one training seed per model: the interval covers the choice of test "
+                        "tiles, not the seed-to-seed variation of training, which can be as "
+                        "large (chapter 04)")
     if not estimate.has_interval:
-        return "inconclusive", f"too few units to estimate the noise ({estimate.method})"
+        blockers.append(f"too few units to estimate the noise ({estimate.method})")
+    if blockers:
+        return "inconclusive", "; ".join(blockers)
     low, high, margin = estimate.low, estimate.high, claim.margin
     if claim.kind == "within":
         if -margin <= low and high <= margin:

@@ -1,4 +1,4 @@
-"""HoloViews/hvplot figures in one visual style, small enough to embed in a static book.
+"""HoloViews figures in one visual style, small enough to embed in a static book.
 
 Rasters are coarsened before plotting so each figure embeds at most ``MAX_PIXELS`` per side;
 every figure has a title, axis labels with units and a colour-bar label.
@@ -101,14 +101,21 @@ def error_map(
 def bars(
     frame: pd.DataFrame, x: str, y: str, by: str | None, title: str, ylabel: str,
     ylim: tuple[float, float] | None = (0.0, 1.0),
-) -> hv.Element:
-    """Grouped bar chart of a tidy table."""
-    import hvplot.pandas  # noqa: F401  (registers .hvplot)
+) -> hv.Bars:
+    """Grouped bar chart of a tidy table (bars of ``y`` per ``x``, coloured by ``by``).
 
-    plot = frame.hvplot.bar(x=x, y=y, by=by, rot=45, legend="top_right") if by else \
-        frame.hvplot.bar(x=x, y=y, rot=45)
-    return plot.opts(title=title, ylabel=ylabel, width=2 * WIDTH, height=HEIGHT,
-                     **({"ylim": ylim} if ylim else {}))
+    Built with HoloViews directly: importing hvplot in a notebook after ``hv.extension`` emits
+    a second BokehJS loader into the page, which loads BokehJS again. Each chart keeps its own
+    axes (``shared_axes=False``, ``axiswise=True``): in an ``hv.Layout`` of several charts
+    with different categories, a shared categorical x axis shows only one chart's categories
+    and leaves the other charts without any bar.
+    """
+    kdims = [x, by] if by else [x]
+    plot = hv.Bars(frame, kdims=kdims, vdims=[y])
+    return plot.opts(
+        title=title, ylabel=ylabel, width=2 * WIDTH, height=HEIGHT, xrotation=45,
+        tools=["hover"], shared_axes=False, axiswise=True, **({"ylim": ylim} if ylim else {}),
+    )
 
 
 def curves(

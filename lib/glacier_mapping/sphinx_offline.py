@@ -7,6 +7,11 @@ written, this extension copies exactly the assets the pages reference from the i
 ``_static/offline/`` and rewrites the CDN addresses in every page to those local copies
 (versions of BokehJS and Panel match by construction: the outputs were made with the same
 packages).
+
+It also drops duplicate ``<script>`` entries from every page: with Sphinx 7.4, a script with an
+inline body that an extension registers after the builder is initialised (sphinx-thebe's
+``const THEBE_JS_URL = ...``) is emitted twice (once as filename ``None``, once as ``''``), so
+every Jupyter Book page logged "Identifier 'THEBE_JS_URL' has already been declared".
 """
 
 from __future__ import annotations
@@ -94,7 +99,32 @@ def _on_build_finished(app: Any, exception: Exception | None) -> None:  # noqa: 
         )
 
 
+def _script_key(script: Any) -> tuple[Any, ...]:  # noqa: ANN401
+    filename = getattr(script, "filename", script) or ""  # None and "" are the same inline script
+    attributes = getattr(script, "attributes", {})
+    return (str(filename), getattr(script, "priority", 500), *sorted(attributes.items()))
+
+
+def dedupe_scripts(scripts: list[Any]) -> list[Any]:  # noqa: ANN401
+    """Scripts in order with repeats (same file or inline body and attributes) left out."""
+    seen: set[tuple[Any, ...]] = set()
+    kept = []
+    for script in scripts:
+        key = _script_key(script)
+        if key not in seen:
+            seen.add(key)
+            kept.append(script)
+    return kept
+
+
+def _on_html_page_context(app: Any, pagename: str, templatename: str,  # noqa: ANN401
+                          context: dict[str, Any], doctree: Any) -> None:  # noqa: ANN401
+    if "script_files" in context:
+        context["script_files"][:] = dedupe_scripts(list(context["script_files"]))
+
+
 def setup(app: Any) -> dict[str, Any]:  # noqa: ANN401
     """Register the extension with Sphinx."""
+    app.connect("html-page-context", _on_html_page_context)
     app.connect("build-finished", _on_build_finished)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -21,7 +21,7 @@ from glacier_mapping.findings import Finding, judge, write_findings
 from glacier_mapping.uncertainty import Estimate, bootstrap, correlation_interval
 from glacier_mapping.workflow import Context
 
-#: Region of the "hardest region" claim.
+#: Region of the "IoU drops in debris-rich areas" claim.
 DEBRIS_REGION = "HMA"
 #: Block size (pixels) that stands in for a tile when one scene is resampled.
 SCENE_BLOCK = 64
@@ -56,8 +56,8 @@ def architecture_findings(context: Context, models: Mapping[str, Any],
         judge(CLAIMS["glavitu_beats_deeplab"],
               evidence.model_difference(tiles, "glavitu", "deeplab", seed=context.seed),
               synthetic=synthetic, models=names, unconverged=late, seeds=1),
-        judge(CLAIMS["debris_region_hardest"],
-              evidence.hardest_region_margin(only_glavitu, DEBRIS_REGION, seed=context.seed),
+        judge(CLAIMS["debris_region_drop"],
+              evidence.region_drop(only_glavitu, DEBRIS_REGION, seed=context.seed),
               synthetic=synthetic, models=[glavitu],
               unconverged=[n for n in late if n == glavitu]),
         judge(CLAIMS["hma_level"], evidence.region_iou(only_glavitu, DEBRIS_REGION,
@@ -171,13 +171,16 @@ def region_encoding_diagnosis(models: Mapping[str, Any], control: pd.DataFrame,
 
     verdict = {s: assess(histories([models[s]])[models[s].card["name"]])
                for s in ("global", "region_encoding")}
-    spread = float(control["mean of region IoUs"].max() - control["mean of region IoUs"].min())
+    means = control["mean of region IoUs"]
+    spread = float(means.max() - means.min())
     used = spread >= UNUSED_INPUT_SPREAD
+    helps = float(means["true region"] - means.drop("true region").max())
     lines = [f"Region encoding − global on the test split: {gap:+.3f} (mean of region IoUs)."]
     lines.append(
         f"Across the three location inputs the region-encoding model's IoU varies by "
-        f"{spread:.3f}: it {'uses' if used else 'does not use'} its region input "
-        f"(threshold {UNUSED_INPUT_SPREAD})."
+        f"{spread:.3f}: it {'responds to' if used else 'does not use'} its region input "
+        f"(threshold {UNUSED_INPUT_SPREAD}), and the true region gives {helps:+.3f} against the "
+        f"best of the other two inputs ({means.drop('true region').idxmax()})."
     )
     for strategy, result in verdict.items():
         lines.append(f"{strategy.replace('_', ' ').capitalize()}: "
@@ -189,9 +192,9 @@ def region_encoding_diagnosis(models: Mapping[str, Any], control: pd.DataFrame,
         cause = ("The evidence supports **undertraining**: the region-encoding model was still "
                  "improving when the global model had levelled off, so the comparison is not "
                  "between finished models.")
-    elif not used:
+    elif not used or helps < UNUSED_INPUT_SPREAD:
         cause = ("The evidence supports **a cost of the extra branch, not of the region "
-                 "information**: the model ignores what the input says, so the gap comes from "
+                 "information**: the true region does not help the model, so the gap comes from "
                  "how the branch perturbs training (its batch-normalised offset added to every "
                  "pixel), or from the seed.")
     else:
