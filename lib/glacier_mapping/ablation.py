@@ -87,6 +87,7 @@ def ablation_experiments(
             "ablation needs at least one. Check the benchmark's sensor availability (chapter 01)."
         )
     seeds = list(seeds or context.profile.experiments["ablation_seeds"])
+    sets = ablation_sets(context)
     base = global_experiment(context, regions=regions)
     epochs = context.profile.experiments.get("ablation_epochs", base.epochs)
     preset = context.profile.experiments.get("ablation_preset", base.preset)
@@ -95,8 +96,25 @@ def ablation_experiments(
                                + (epochs,))
     return [
         dataclasses.replace(base, name=f"ablation-{name}-seed{seed}", sensors=sensors, seed=seed)
-        for seed in seeds for name, sensors in SENSOR_SETS.items()
+        for seed in seeds for name, sensors in sets.items()
     ]
+
+
+def ablation_sets(context: Context) -> dict[str, tuple[str, ...]]:
+    """The sensor sets the profile trains (``experiments.ablation_sets``; default all).
+
+    Raises:
+        ValueError: for a name that is not in :data:`SENSOR_SETS` or a list without the
+            optical + DEM baseline.
+    """
+    names = context.profile.experiments.get("ablation_sets", list(SENSOR_SETS))
+    unknown = [name for name in names if name not in SENSOR_SETS]
+    if unknown or BASELINE not in names:
+        raise ValueError(
+            f"Profile {context.profile.name!r}: experiments.ablation_sets={names!r} must name "
+            f"sets of {list(SENSOR_SETS)} and include the baseline {BASELINE!r}."
+        )
+    return {name: SENSOR_SETS[name] for name in names}
 
 
 def predict_ablation_test(context: Context, trained: TrainedModel) -> Artifact:

@@ -52,6 +52,7 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 
 from glacier_mapping.config import Profile
+from glacier_mapping.convergence import assess
 from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
 from glacier_mapping.data.tiles import NormStats, Tile, make_tile
 from glacier_mapping.deploy import DeploymentSummary, deploy_scene
@@ -554,6 +555,7 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
             "seed": settings.seed, "epochs": result.epochs_run, "steps": steps,
             "learning_rate": settings.learning_rate, "bn_momentum": settings.bn_momentum,
             "best_epoch": result.best_epoch, "best_validation_value": result.best_value,
+            "convergence": assess(result.history).to_json(),
             "train_seconds": round(result.train_seconds, 1),
             "norm_stats": {"source": stats.source,
                            "sensors": {"optical": {"min": stats.minimum["optical"],

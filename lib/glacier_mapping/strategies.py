@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glacier_mapping.convergence import assess
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
     GLACIER_CLASS,
@@ -278,6 +279,7 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
             "synthetic_data": context.synthetic, "seed": spec.seed,
             "epochs": result.epochs_run, "best_epoch": result.best_epoch,
             "best_validation_value": result.best_value,
+            "convergence": assess(result.history).to_json(),
             "train_seconds": round(result.train_seconds, 1),
             "finetuned_from": spec.finetune_from.name if spec.finetune_from else None,
             "norm_stats": "norm_stats.json", "distribute": distribute,
