@@ -8,7 +8,7 @@ whose sign is chosen so that positive supports the claim it serves.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -173,13 +173,6 @@ def convergence_table(histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
-def correlation_summary(frame: pd.DataFrame, estimated: str = "iou_estimated",
-                        true: str = "iou") -> tuple[float, float]:
-    """Mean absolute error and mean signed error (estimate - truth) of IoU estimates."""
-    error = (frame[estimated] - frame[true]).dropna()
-    return float(error.abs().mean()), float(error.mean())
-
-
 def block_counts(predicted: np.ndarray, reference: np.ndarray, block: int,
                  valid: np.ndarray | None = None, label: str = "model") -> pd.DataFrame:
     """Confusion counts of square blocks of a map, as tile-like rows for :func:`bootstrap`.
@@ -210,8 +203,3 @@ def pooled_difference(tiles: pd.DataFrame, better: str, worse: str, seed: int = 
         return pooled_iou(frame[frame.model == better]) - pooled_iou(frame[frame.model == worse])
 
     return bootstrap(pair, statistic, seed=seed)
-
-
-def names(models: Sequence[object]) -> list[str]:
-    """Experiment names of trained models (``spec.name``)."""
-    return [model.spec.name for model in models]  # type: ignore[attr-defined]
