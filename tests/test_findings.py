@@ -200,3 +200,27 @@ def test_training_comparisons_need_two_seeds():
     one = judge(claim, clear, synthetic=True, seeds=1)
     assert one.verdict == "inconclusive" and "one training seed" in one.reason
     assert judge(claim, clear, synthetic=True, seeds=3).verdict == "holds"
+
+
+def test_region_encoding_diagnosis_names_the_supported_causes(tmp_path):
+    from types import SimpleNamespace
+
+    from glacier_mapping.verdicts import region_encoding_diagnosis
+
+    def model(name, values):
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame({"epoch": range(1, len(values) + 1),
+                      "val_output_glacier_iou": values}).to_csv(path, index=False)
+        return SimpleNamespace(card={"name": name},
+                               artifact=SimpleNamespace(file=lambda _, p=path: p))
+
+    models = {"global": model("g", [0.3, 0.5, 0.6, 0.62, 0.61, 0.615]),
+              "region_encoding": model("r", [0.2, 0.3, 0.4, 0.45, 0.5, 0.55])}
+    control = pd.DataFrame({"mean of region IoUs": [0.60, 0.61, 0.62]},
+                           index=["true region", "unknown slot", "uniform 1/12"])
+    text = region_encoding_diagnosis(models, control, gap=-0.06)
+    assert "**undertraining**" in text and "cost of the extra branch" in text
+    helpful = control.assign(**{"mean of region IoUs": [0.7, 0.6, 0.6]})
+    text = region_encoding_diagnosis(models, helpful, gap=-0.06)
+    assert "**undertraining**" in text and "cost of the extra branch" not in text
+    assert "no gap to explain" in region_encoding_diagnosis(models, helpful, gap=0.01)

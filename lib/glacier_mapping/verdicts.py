@@ -186,20 +186,23 @@ def region_encoding_diagnosis(models: Mapping[str, Any], control: pd.DataFrame,
         lines.append(f"{strategy.replace('_', ' ').capitalize()}: "
                      f"{'levelled off' if result.converged else 'not levelled off'} "
                      f"({result.reason}).")
+    causes = []
+    if not verdict["region_encoding"].converged and verdict["global"].converged:
+        causes.append("**undertraining**: the region-encoding model was still improving when "
+                      "the global model had levelled off, so the comparison is not between "
+                      "finished models")
+    if not used or helps < UNUSED_INPUT_SPREAD:
+        causes.append("**a cost of the extra branch, not of the region information**: the true "
+                      "region does not help the model, so the gap cannot come from what the "
+                      "input says; it may come from how the branch perturbs training (its "
+                      "batch-normalised offset added to every pixel) or from the seed")
     if gap >= -UNUSED_INPUT_SPREAD:
         cause = "There is no gap to explain."
-    elif not verdict["region_encoding"].converged and verdict["global"].converged:
-        cause = ("The evidence supports **undertraining**: the region-encoding model was still "
-                 "improving when the global model had levelled off, so the comparison is not "
-                 "between finished models.")
-    elif not used or helps < UNUSED_INPUT_SPREAD:
-        cause = ("The evidence supports **a cost of the extra branch, not of the region "
-                 "information**: the true region does not help the model, so the gap comes from "
-                 "how the branch perturbs training (its batch-normalised offset added to every "
-                 "pixel), or from the seed.")
+    elif causes:
+        cause = "The evidence supports " + "; and ".join(causes) + "."
     else:
         cause = ("The evidence does not single out a cause: both models levelled off and the "
-                 "model uses its region input; with one seed per model the gap may be the "
+                 "true region helps the model; with one seed per model the gap may be the "
                  "seed's.")
     return " ".join([*lines, cause])
 
