@@ -88,6 +88,14 @@ class Finding:
     models: list[str] = field(default_factory=list)
     unconverged: list[str] = field(default_factory=list)
 
+    def interval(self) -> str:
+        """The effect and its interval, without the method (e.g. ``+0.060 (+0.050 to +0.074)``)."""
+        if not math.isfinite(self.value):
+            return "not measured"
+        if math.isfinite(self.low) and math.isfinite(self.high):
+            return f"{self.value:+.3f} ({self.low:+.3f} to {self.high:+.3f})"
+        return f"{self.value:+.3f} (no interval)"
+
     def evidence(self) -> str:
         """The effect and its interval in one phrase."""
         if not math.isfinite(self.value):
@@ -186,8 +194,8 @@ def load_findings(output_dir: str | Path) -> list[Finding]:
     return found
 
 
-VERDICT_MARKS: dict[str, str] = {"holds": "✅ holds", "fails": "❌ fails",
-                                 "inconclusive": "❔ inconclusive"}
+VERDICT_MARKS: dict[str, str] = {"holds": "holds ✓", "fails": "fails ✗",
+                                 "inconclusive": "inconclusive ?"}
 
 
 def findings_markdown(findings: list[Finding]) -> str:

@@ -116,13 +116,15 @@ def verdict_table(findings: list[Finding]) -> list[str]:
     counts = pd.Series([f.verdict for f in findings]).value_counts()
     summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICT_MARKS)
     lines = [f"{len(findings)} findings: {summary}.", "",
-             "| Chapter | Finding (paper) | Verdict | Effect in this run | Why |",
-             "|---|---|---|---|---|"]
+             "| Finding (paper) and how it is tested here | Verdict | Effect (95 % interval) "
+             "| Why |",
+             "|---|---|---|---|"]
     for finding in findings:
         lines.append(
-            f"| {{doc}}`/notebooks/{finding.chapter}` | {finding.statement} "
-            f"<br><small>{finding.source}</small> | {VERDICT_MARKS[finding.verdict]} | "
-            f"{finding.test}: {finding.evidence()} | {finding.reason} |"
+            f"| {finding.statement} ({{doc}}`chapter {finding.chapter[:2]} "
+            f"</notebooks/{finding.chapter}>`)<br><small>Tested as {finding.test}. Source: "
+            f"{finding.source}</small> | **{VERDICT_MARKS[finding.verdict]}** | "
+            f"{finding.interval()} | {finding.reason}<br><small>{finding.method}</small> |"
         )
     return lines
 
