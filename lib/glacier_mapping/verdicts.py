@@ -39,7 +39,7 @@ def _publish(context: Context, chapter: str, findings: list[Finding]) -> list[Fi
 
 def architecture_findings(context: Context, models: Mapping[str, Any],
                           evaluations: Mapping[str, pd.DataFrame]) -> list[Finding]:
-    """Chapter 02: GlaViTU against DeepLabv3+, and the hardest region.
+    """Chapter 02: GlaViTU against DeepLabv3+, and the IoU drop in debris-rich HMA.
 
     Args:
         context: The chapter context.
