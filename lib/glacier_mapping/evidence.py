@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from glacier_mapping.calibration import ReliabilityTable, expected_calibration_error
 from glacier_mapping.convergence import assess
 from glacier_mapping.uncertainty import (
     Estimate,
@@ -126,13 +127,6 @@ def weakest_region(estimates: Mapping[str, Estimate]) -> tuple[str, Estimate]:
     return max(estimates.items(), key=order)
 
 
-def ece_from_bins(counts: np.ndarray, confidence_sum: np.ndarray,
-                  correct_sum: np.ndarray) -> float:
-    """ECE from per-bin pixel counts and sums (the pixel-weighted mean |accuracy - confidence|)."""
-    total = counts.sum()
-    return float(np.abs(correct_sum - confidence_sum).sum() / total) if total else float("nan")
-
-
 def ece_difference(tile_bins: pd.DataFrame, baseline: str, calibrated: str,
                    seed: int = 0) -> Estimate:
     """ECE of ``baseline`` minus ECE of ``calibrated`` confidence, paired bootstrap over tiles.
@@ -149,8 +143,11 @@ def ece_difference(tile_bins: pd.DataFrame, baseline: str, calibrated: str,
     def ece(frame: pd.DataFrame, name: str) -> float:
         part = frame[frame.calibrator == name].groupby("bin")[
             ["count", "confidence_sum", "correct_sum"]].sum()
-        return ece_from_bins(part["count"].to_numpy(), part["confidence_sum"].to_numpy(),
-                             part["correct_sum"].to_numpy())
+        table = ReliabilityTable()
+        table.counts[part.index] = part["count"].to_numpy()
+        table.confidence_sum[part.index] = part["confidence_sum"].to_numpy()
+        table.correct_sum[part.index] = part["correct_sum"].to_numpy()
+        return expected_calibration_error(table)
 
     return bootstrap(pair, lambda frame: ece(frame, baseline) - ece(frame, calibrated),
                      seed=seed)

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from glacier_mapping.evaluation import metrics_from_counts, paper_average
+
 #: Two-sided coverage of every interval.
 LEVEL = 0.95
 #: Bootstrap resamples.
@@ -48,15 +50,13 @@ class Estimate:
 
 def pooled_iou(counts: pd.DataFrame) -> float:
     """Glacier IoU from summed ``tp``, ``fp``, ``fn`` (NaN when all are zero)."""
-    tp, fp, fn = (float(counts[c].sum()) for c in ("tp", "fp", "fn"))
-    return tp / (tp + fp + fn) if tp + fp + fn > 0 else float("nan")
+    sums = {name: float(counts[name].sum()) for name in ("tp", "fp", "fn")}
+    return metrics_from_counts({**sums, "tn": 0.0})["iou"]
 
 
 def mean_of_region_ious(counts: pd.DataFrame) -> float:
     """The paper's average: the unweighted mean over regions of the pooled region IoUs."""
-    values = [pooled_iou(group) for _, group in counts.groupby("region")]
-    values = [v for v in values if math.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
+    return paper_average([pooled_iou(group) for _, group in counts.groupby("region")])[0]
 
 
 def bootstrap(
