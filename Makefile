@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests benchmarks
+	$(BIN)/ruff check lib tests benchmarks notebooks
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -22,8 +22,17 @@ import time
 from pathlib import Path
 
 import common
+import keras
 import numpy as np
+import psutil
+import rasterio
 from common import Row
+
+from glacier_mapping.data.regions import get_region
+from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
+from glacier_mapping.data.synthetic import generate_scene
+from glacier_mapping.deploy import DeployOptions, deploy_scene
+from glacier_mapping.models import build_model
 
 PATCH = 64
 PRESET = "small"
@@ -32,8 +41,6 @@ PRESET = "small"
 def write_scene(folder: Path, base: dict[str, np.ndarray], transform: object, crs: str,
                 size: int) -> dict[str, Path]:
     """Mirror-tile the base arrays to ``size x size`` and write optical and DEM GeoTIFFs."""
-    import rasterio
-
     paths = {}
     for name, bands in (("optical", base["optical"]), ("dem", base["dem"][..., :1])):
         reps = -(-size // bands.shape[0])
@@ -60,17 +67,14 @@ def proc_status_mb(field: str) -> float:
 def child(model: str, optical: str, dem: str, out_dir: str, options: str) -> None:
     """Run one deployment and print its measurements as JSON (the last line of stdout).
 
-    ``options`` is a JSON object of extra ``deploy_scene`` keyword arguments.
+    ``options`` is a JSON object of :class:`~glacier_mapping.deploy.DeployOptions` fields. The
+    imports (TensorFlow and the library) are part of the baseline, not of the scene.
     """
-    import tensorflow  # noqa: F401 - import cost is part of the baseline, not of the scene
-
-    from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
-    from glacier_mapping.deploy import deploy_scene
-
     baseline = proc_status_mb("VmRSS")
     start = time.perf_counter()
     with SceneSource(optical, OPTICAL_BANDS, dem=dem) as source:
-        summary = deploy_scene(source, model, out_dir, progress=False, **json.loads(options))
+        summary = deploy_scene(source, model, out_dir, DeployOptions(**json.loads(options)),
+                               progress=False)
     wall = time.perf_counter() - start
     peak = proc_status_mb("VmHWM")
     print(json.dumps({"seconds": summary.seconds, "wall": wall, "peak_mb": peak,
@@ -81,8 +85,6 @@ def child(model: str, optical: str, dem: str, out_dir: str, options: str) -> Non
 
 def run_child(args: list[str]) -> tuple[dict, float]:
     """Run a child deployment; return its JSON and the psutil-sampled peak RSS (MB)."""
-    import psutil
-
     process = subprocess.Popen([sys.executable, __file__, "--child", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watched = psutil.Process(process.pid)
@@ -143,12 +145,6 @@ def prefetch_rows(case: str, on: dict, off: dict) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    import keras
-
-    from glacier_mapping.data.regions import get_region
-    from glacier_mapping.data.synthetic import generate_scene
-    from glacier_mapping.models import build_model
-
     sizes = (128, 256, 512) if quick else (512, 1024, 2048)
     rows, results = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:

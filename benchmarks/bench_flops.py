@@ -27,8 +27,16 @@ import sys
 from collections.abc import Callable
 
 import common
+import keras
 import numpy as np
+import tensorflow as tf
 from common import Row
+from keras import layers
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from glacier_mapping.inference import _compiled, inference_model, onednn_enabled
+from glacier_mapping.models import PRESETS, build_model
+from glacier_mapping.models.blocks import iter_layers
 
 PATCH = 384
 MATMUL_N = 2048
@@ -42,13 +50,6 @@ def profiler_flops(model_builder: Callable[[str], object]) -> dict[str, float]:
     Dropout is set to 0 in this copy: the MC-dropout branch updates a seed variable, which a
     frozen graph cannot hold; dropout does no conv or matmul work.
     """
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    from glacier_mapping.models import PRESETS
-
     PRESETS["_paper_no_dropout"] = dataclasses.replace(PRESETS["paper"], dropout=0.0)
     try:
         model = model_builder("_paper_no_dropout")
@@ -78,10 +79,6 @@ def profiler_flops(model_builder: Callable[[str], object]) -> dict[str, float]:
 
 def analytic_flops(model: object) -> dict[str, float]:
     """FLOPs of one window by layer type, from the layers' shapes (batch dimension 1)."""
-    from keras import layers
-
-    from glacier_mapping.models.blocks import iter_layers
-
     totals = {"conv": 0.0, "dense": 0.0, "attention": 0.0}
     for layer in iter_layers(model):
         if isinstance(layer, layers.Conv2D):
@@ -104,8 +101,6 @@ def analytic_flops(model: object) -> dict[str, float]:
 
 def matmul_gflops(dtype: str, warmup: int, reps: int) -> float:
     """Median GFLOP/s of an ``N x N`` TensorFlow matmul in ``dtype`` (eager, to numpy)."""
-    import tensorflow as tf
-
     a = tf.cast(tf.random.normal((MATMUL_N, MATMUL_N)), dtype)
     b = tf.cast(tf.random.normal((MATMUL_N, MATMUL_N)), dtype)
     seconds = common.median(common.timed(lambda: tf.linalg.matmul(a, b).numpy(), warmup, reps))
@@ -119,10 +114,6 @@ def forward_seconds(model: object, variant: str, warmup: int, reps: int) -> floa
     copy; ``float32_xla`` the float32 copy compiled with XLA (``jit_compile=True``);
     ``float32_unfolded`` the compiled function of the model itself (nothing folded).
     """
-    import tensorflow as tf
-
-    from glacier_mapping.inference import _compiled, inference_model
-
     rng = np.random.default_rng(0)
     inputs = {name: rng.random((1, *tensor.shape[1:]), dtype=np.float32)
               for name, tensor in model.input.items()}
@@ -138,11 +129,6 @@ def forward_seconds(model: object, variant: str, warmup: int, reps: int) -> floa
 
 def timing_child(quick: bool) -> None:
     """Print the matmul and forward timings of this process's oneDNN setting as JSON."""
-    import keras
-
-    from glacier_mapping.inference import onednn_enabled
-    from glacier_mapping.models import build_model
-
     keras.utils.set_random_seed(0)
     model = build_model("glavitu", common.SENSORS, PATCH, "paper")
     warmup, reps = forward_timing(quick)
@@ -216,11 +202,6 @@ def timing_rows(result: dict, gflop: float, quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    import keras
-
-    from glacier_mapping.inference import onednn_enabled
-    from glacier_mapping.models import build_model
-
     def builder(preset: str) -> keras.Model:
         keras.utils.set_random_seed(0)
         return build_model("glavitu", common.SENSORS, PATCH, preset)

@@ -8,7 +8,11 @@ half a patch (the default stride), so "scene" megapixels/s depends on the scene 
 from __future__ import annotations
 
 import common
+import keras
 from common import Row
+
+from glacier_mapping.inference import predict_array, window_origins
+from glacier_mapping.models import build_model
 
 
 def cases(quick: bool) -> list[tuple[str, int, int, int, int]]:
@@ -19,11 +23,6 @@ def cases(quick: bool) -> list[tuple[str, int, int, int, int]]:
 
 
 def run(quick: bool) -> list[Row]:
-    import keras
-
-    from glacier_mapping.inference import predict_array, window_origins
-    from glacier_mapping.models import build_model
-
     scene = common.synthetic_features(max(max(c[2], c[3]) for c in cases(quick)))
     rows = []
     for preset, patch, height, width, batch in cases(quick):

@@ -32,8 +32,24 @@ from pathlib import Path
 
 import bench_deploy
 import common
+import keras
 import numpy as np
+import rasterio
 from common import Row
+
+from glacier_mapping.calibration import confidence
+from glacier_mapping.data.regions import get_region
+from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
+from glacier_mapping.data.synthetic import generate_scene
+from glacier_mapping.deploy import DeployOptions, deploy_scene
+from glacier_mapping.inference import (
+    DEFAULT_BLEND,
+    _compiled,
+    bfloat16_supported,
+    blending_window,
+    window_origins,
+)
+from glacier_mapping.models import build_model, load_model
 
 PATCH = 384
 STRIDE = 192
@@ -52,8 +68,6 @@ WINDOW_TIMING = (1, 3)
 
 def reference_probabilities(model: object, features: dict[str, np.ndarray]) -> np.ndarray:
     """Blended probabilities the straightforward way: float64 whole-scene sums, batches of 8."""
-    from glacier_mapping.inference import DEFAULT_BLEND, blending_window, window_origins
-
     height, width = next(iter(features.values())).shape[:2]
     window = blending_window(PATCH, DEFAULT_BLEND).astype(np.float64)
     sums = np.zeros((height, width, 2))
@@ -72,8 +86,6 @@ def reference_probabilities(model: object, features: dict[str, np.ndarray]) -> n
 
 def read_outputs(outputs: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """The class and confidence rasters a deployment wrote."""
-    import rasterio
-
     with rasterio.open(outputs["glacier_class.tif"]) as classes, \
             rasterio.open(outputs["confidence.tif"]) as conf:
         return classes.read(1), conf.read(1)
@@ -113,11 +125,6 @@ def window_child(model_path: str) -> None:
     That is the model's own compiled function: convolution, BatchNormalization and LeakyReLU
     as separate operations (deployment runs a copy with BatchNormalization folded in).
     """
-    import tensorflow  # noqa: F401 - imported before the library, as in the deploy child
-
-    from glacier_mapping.inference import _compiled
-    from glacier_mapping.models import load_model
-
     model = load_model(model_path)
     function = _compiled(model)
     rng = np.random.default_rng(0)
@@ -144,8 +151,6 @@ def modelled_original_rows(size: int, results: dict, per_window: float) -> list[
     convolution, BatchNormalization and LeakyReLU run as separate operations, as in
     ``per_window`` (:func:`window_child`).
     """
-    from glacier_mapping.inference import window_origins
-
     windows = len(window_origins(size + PATCH, size + PATCH, PATCH, STRIDE))
     calls = -(-windows // BATCH)
     modelled = windows * per_window + calls * ISSUE_IDLE_PER_CALL
@@ -182,20 +187,13 @@ def comparison_rows(case: str, first: dict, second: dict, method: str) -> list[R
 
 def reference_rows(folder: Path, paths: dict[str, Path], size: int) -> list[Row]:
     """Tiny-preset deployment of the same scene against the float64 whole-scene reference."""
-    import keras
-
-    from glacier_mapping.calibration import confidence
-    from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
-    from glacier_mapping.deploy import deploy_scene
-    from glacier_mapping.models import build_model
-
     keras.utils.set_random_seed(0)
     model = build_model("glavitu", common.SENSORS, PATCH, "tiny")
     model_path = folder / "tiny.keras"
     model.save(model_path)
     with SceneSource(paths["optical"], OPTICAL_BANDS, dem=paths["dem"]) as source:
-        summary = deploy_scene(source, model_path, folder / "tiny_out", stride=STRIDE,
-                               batch_size=BATCH, progress=False, precision="float32")
+        options = DeployOptions(stride=STRIDE, batch_size=BATCH, precision="float32")
+        summary = deploy_scene(source, model_path, folder / "tiny_out", options, progress=False)
         features, valid = source.read_window(0, 0, size, size, common.SENSORS)
     classes, conf = read_outputs(summary.outputs)
     probs = reference_probabilities(model, features)
@@ -214,13 +212,6 @@ def reference_rows(folder: Path, paths: dict[str, Path], size: int) -> list[Row]
 
 def run(quick: bool, out: Path | None = None) -> list[Row]:
     """All rows; with ``out``, rows so far are written after every deployment."""
-    import keras
-
-    from glacier_mapping.data.regions import get_region
-    from glacier_mapping.data.synthetic import generate_scene
-    from glacier_mapping.inference import bfloat16_supported
-    from glacier_mapping.models import build_model
-
     size = PATCH * 2 if quick else SIZE
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scene-") as tmp:

@@ -25,15 +25,19 @@ import common
 import numpy as np
 from common import Row
 
+from glacier_mapping.data.tiles import iter_tiles
+from glacier_mapping.evaluation import confusion_counts
+from glacier_mapping.experiments.runner import train_experiment
+from glacier_mapping.experiments.strategies import global_experiment
+from glacier_mapping.inference import BLENDS, DEFAULT_BLEND, bfloat16_supported, predict_array
+from glacier_mapping.workflow import open_context
+
 #: Window steps as fractions of the patch size.
 STRIDE_FRACTIONS = (1.0, 0.75, 0.5)
 
 
 def trained_model(profile: str) -> tuple[object, object]:
     """The profile's global model (trained into the book's store if missing) and benchmark."""
-    from glacier_mapping.strategies import global_experiment, train_experiment
-    from glacier_mapping.workflow import open_context
-
     context = open_context(profile, output_dir=common.ROOT / "outputs" / profile)
     trained = train_experiment(context, global_experiment(context), verbose=False)
     return trained, context.benchmark
@@ -41,17 +45,12 @@ def trained_model(profile: str) -> tuple[object, object]:
 
 def load_tiles(path: object, sensors: tuple[str, ...]) -> list:
     """Every tile of the split with the model's sensors."""
-    from glacier_mapping.data.tiles import iter_tiles
-
     return list(iter_tiles(path, sensors=sensors))
 
 
 def evaluate(model: object, tiles: list, patch: int, stride: int, blend: str,
              precision: str) -> tuple[float, float]:
     """Pooled glacier IoU and the split's prediction seconds of one configuration."""
-    from glacier_mapping.evaluation import confusion_counts
-    from glacier_mapping.inference import predict_array
-
     totals = {"tp": 0, "fp": 0, "fn": 0}
     seconds = 0.0
     for tile in tiles:
@@ -73,8 +72,6 @@ def grid_dependence(model: object, tiles: list, patch: int, stride: int,
     The grid moves by half a stride down and right (the tile is cropped by that much); only the
     pixels both predictions cover and the tile marks valid are compared.
     """
-    from glacier_mapping.inference import predict_array
-
     shift = max(stride // 2, 1)
     total = changed = count = 0.0
     for tile in tiles:
@@ -91,13 +88,6 @@ def grid_dependence(model: object, tiles: list, patch: int, stride: int,
 
 
 def run(quick: bool) -> list[Row]:
-    from glacier_mapping.inference import (
-        BLENDS,
-        DEFAULT_BLEND,
-        bfloat16_supported,
-        predict_array,
-    )
-
     profile = "smoke" if quick else "quick"
     trained, benchmark = trained_model(profile)
     model, patch = trained.load(), trained.spec.patch_size

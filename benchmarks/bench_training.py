@@ -11,8 +11,18 @@ the model consumes them, training does not wait on data (``prefetch(2)`` overlap
 from __future__ import annotations
 
 import common
+import keras
 import numpy as np
+import tensorflow as tf
 from common import Row
+
+from glacier_mapping.data.patches import make_patch_dataset, measure_throughput
+from glacier_mapping.data.regions import get_region
+from glacier_mapping.data.scenes import normalise_features
+from glacier_mapping.data.synthetic import generate_scene
+from glacier_mapping.data.tiles import NormStats, make_tile
+from glacier_mapping.models import build_model
+from glacier_mapping.training import TrainConfig, _compile, _output_heads
 
 TILE_SIZE = 512
 
@@ -26,11 +36,6 @@ def cases(quick: bool) -> list[tuple[str, int, int]]:
 
 def train_rate(preset: str, patch: int, batch: int, quick: bool) -> tuple[float, str]:
     """Median patches/s of compiled train steps."""
-    import keras
-
-    from glacier_mapping.models import build_model
-    from glacier_mapping.training import TrainConfig, _compile, _output_heads
-
     keras.utils.set_random_seed(0)
     model = build_model("glavitu", common.SENSORS, patch, preset)
     _compile(model, _output_heads(model), TrainConfig(epochs=10, steps_per_epoch=100))
@@ -50,8 +55,6 @@ def train_rate(preset: str, patch: int, batch: int, quick: bool) -> tuple[float,
 
 def data_rate(tiles: list, patch: int, batch: int, quick: bool) -> tuple[float, str]:
     """Median patches/s of the augmented random-mode patch pipeline."""
-    from glacier_mapping.data.patches import make_patch_dataset, measure_throughput
-
     dataset = make_patch_dataset(tiles, common.SENSORS, patch, batch, mode="random",
                                  augment=True, seed=0)
     batches = 4 if quick else max(4, (64 if patch <= 64 else 24) // batch)
@@ -66,11 +69,6 @@ def data_rate(tiles: list, patch: int, batch: int, quick: bool) -> tuple[float, 
 
 def synthetic_tiles(quick: bool) -> list:
     """Normalised optical + DEM tiles with labels from synthetic scenes of two regions."""
-    from glacier_mapping.data.regions import get_region
-    from glacier_mapping.data.scenes import normalise_features
-    from glacier_mapping.data.synthetic import generate_scene
-    from glacier_mapping.data.tiles import NormStats, make_tile
-
     tiles = []
     for index, code in enumerate(("ALP",) if quick else ("ALP", "HMA")):
         region = get_region(code)
@@ -83,8 +81,6 @@ def synthetic_tiles(quick: bool) -> list:
 
 
 def run(quick: bool) -> list[Row]:
-    import tensorflow as tf
-
     tf.config.experimental.enable_op_determinism()  # as train_model does
     tiles = synthetic_tiles(quick)
     rows, data_cache = [], {}

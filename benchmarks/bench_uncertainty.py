@@ -7,17 +7,16 @@ averages 5 passes (switched by ``set_mc_dropout`` inside ``predict_windows``, no
 from __future__ import annotations
 
 import common
+import keras
 from common import Row
+
+from glacier_mapping.inference import predict_array, window_origins
+from glacier_mapping.models import build_model
 
 MC_PASSES = 5
 
 
 def run(quick: bool) -> list[Row]:
-    import keras
-
-    from glacier_mapping.inference import predict_array, window_origins
-    from glacier_mapping.models import build_model
-
     preset, patch, batch = "small", 64, 8
     size = 128 if quick else 256
     features = common.synthetic_features(size)

@@ -28,6 +28,12 @@ if "tensorflow" in sys.modules:  # pragma: no cover - a mistake in a script's im
 
 import numpy as np  # noqa: E402
 
+from glacier_mapping.data.regions import get_region  # noqa: E402
+from glacier_mapping.data.scenes import normalise_features  # noqa: E402
+from glacier_mapping.data.synthetic import generate_scene  # noqa: E402
+from glacier_mapping.data.tiles import NormStats  # noqa: E402
+from glacier_mapping.store import atomic_write_text  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "outputs" / "benchmarks"
 PARTS_DIR = OUT_DIR / "parts"
@@ -87,18 +93,12 @@ def synthetic_physical(size: int, seed: int = 0, region: str = "ALP") -> dict[st
 
     The DEM has two channels (elevation, slope) as in the tile schema.
     """
-    from glacier_mapping.data.regions import get_region
-    from glacier_mapping.data.synthetic import generate_scene
-
     scene = generate_scene(get_region(region), size, seed, get_region(region).year)
     return {name: scene.features[name] for name in SENSORS}
 
 
 def synthetic_features(size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Normalised (paper ranges) optical + DEM features of a ``size x size`` synthetic scene."""
-    from glacier_mapping.data.scenes import normalise_features
-    from glacier_mapping.data.tiles import NormStats
-
     features, _ = normalise_features(synthetic_physical(size, seed), NormStats.paper())
     return features
 
@@ -123,16 +123,7 @@ def write_rows(rows: Iterable[Row], path: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow(asdict(row))
-    write_text_atomic(path, buffer.getvalue())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with temporary.open("w", newline="") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def finish(name: str, rows: list[Row], out: Path | None) -> None:

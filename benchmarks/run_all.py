@@ -22,6 +22,8 @@ from pathlib import Path
 import common
 from common import OUT_DIR, PARTS_DIR, Row
 
+from glacier_mapping.store import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 BUDGET_SECONDS = 590.0
 #: (script stem, benchmark name, own time limit in seconds): the issue's figures first.
@@ -190,7 +192,7 @@ def write_report(rows: list[Row], path: Path, meta: dict[str, str]) -> None:
         lines += ["", "Methods:", ""]
         lines += [f"{index}. {method}" for index, method in enumerate(methods, start=1)]
         lines.append("")
-    common.write_text_atomic(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main() -> None:

@@ -15,16 +15,17 @@ from rasterio.transform import from_origin
 
 import glacier_mapping.deploy as deploy
 from glacier_mapping.adaptation import save_region_vector
-from glacier_mapping.calibration import TemperatureCalibrator
+from glacier_mapping.calibration import TemperatureCalibrator, confidence
+from glacier_mapping.data.patches import coordinate_vector
 from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneError, SceneSource, load_scene
 from glacier_mapping.deploy import (
     DeploymentError,
+    DeployOptions,
     add_deploy_arguments,
-    coordinate_vector,
     deploy_from_args,
     deploy_scene,
 )
-from glacier_mapping.inference import predict_array
+from glacier_mapping.inference import WindowBlender, predict_array
 
 P = 16
 CRS = "EPSG:32632"
@@ -98,8 +99,9 @@ def source_of(files, **kwargs):
 
 def test_strips_equal_one_piece_and_outputs_are_georeferenced(files, tmp_path):
     with source_of(files) as source:
-        summary = deploy_scene(source, files["model"], tmp_path / "out", files["calibrator"],
-                               stride=5, batch_size=3, progress=False, precision="float32")
+        summary = deploy_scene(source, files["model"], tmp_path / "out",
+                               DeployOptions(stride=5, batch_size=3, precision="float32"),
+                               calibrator_path=files["calibrator"], progress=False)
         scene = load_scene(source)
     model = keras.saving.load_model(files["model"])
     probs = predict_array(model, scene.arrays(), P, stride=5, batch_size=64)
@@ -130,11 +132,35 @@ def test_strips_equal_one_piece_and_outputs_are_georeferenced(files, tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
+def test_scene_probabilities_are_the_chapters_bit_for_bit(files, tmp_path, monkeypatch):
+    """deploy_scene and predict_array blend with the one WindowBlender: identical float32."""
+    finished = []
+    real_write = deploy._StripWriter.write
+
+    def recording(self, rows):
+        finished.append(rows)
+        real_write(self, rows)
+
+    monkeypatch.setattr(deploy._StripWriter, "write", recording)
+    with source_of(files) as source:
+        deploy_scene(source, files["model"], tmp_path / "out",
+                     DeployOptions(stride=5, batch_size=3, precision="float32"), progress=False)
+        scene = load_scene(source)
+    model = keras.saving.load_model(files["model"])
+    expected = predict_array(model, scene.arrays(), P, stride=5, batch_size=3)
+    assert [rows.top for rows in finished] == [0, 5, 10, 15, 20, 25, 29]  # strip by strip
+    probs = np.concatenate([rows.probs for rows in finished])
+    valid = np.concatenate([rows.mask for rows in finished])
+    np.testing.assert_array_equal(valid, scene.valid.values)
+    np.testing.assert_array_equal(probs[valid], expected[valid])
+
+
 @pytest.mark.parametrize("blend", ["original", "uniform"])
 def test_scene_blend_equals_the_chapters_blend(files, tmp_path, blend):
     with source_of(files) as source:
-        summary = deploy_scene(source, files["model"], tmp_path / "out", stride=5, batch_size=3,
-                               progress=False, precision="float32", blend=blend)
+        summary = deploy_scene(source, files["model"], tmp_path / "out",
+                               DeployOptions(stride=5, batch_size=3, precision="float32",
+                                             blend=blend), progress=False)
         scene = load_scene(source)
     model = keras.saving.load_model(files["model"])
     probs = predict_array(model, scene.arrays(), P, stride=5, blend=blend)
@@ -142,8 +168,6 @@ def test_scene_blend_equals_the_chapters_blend(files, tmp_path, blend):
     valid = scene.valid.values
     with rasterio.open(summary.outputs["confidence.tif"]) as conf:
         conf_map = conf.read(1)
-    from glacier_mapping.calibration import confidence
-
     np.testing.assert_allclose(conf_map[valid], confidence(probs)[valid], atol=1e-5)
     assert np.abs(confidence(narrow) - confidence(probs))[valid].max() > 1e-4
     assert summary.parameters["blend"] == blend
@@ -152,17 +176,17 @@ def test_scene_blend_equals_the_chapters_blend(files, tmp_path, blend):
 def test_row_buffer_stays_one_patch_high(files, tmp_path, monkeypatch):
     """Memory: the blending buffer never holds more than one patch of rows."""
     heights = []
-    real_extend = deploy._StripBlender.extend_to
+    real_extend = WindowBlender._extend_to
 
     def recording(self, bottom):
         real_extend(self, bottom)
         heights.append(len(self.weights))
 
-    monkeypatch.setattr(deploy._StripBlender, "extend_to", recording)
+    monkeypatch.setattr(WindowBlender, "_extend_to", recording)
     with source_of(files) as source:
-        summary = deploy_scene(source, files["model"], tmp_path / "out", stride=4,
+        summary = deploy_scene(source, files["model"], tmp_path / "out", DeployOptions(stride=4),
                                progress=False)
-    assert summary.pixels["windows"] == len(heights) * 10  # 10 window columns per row
+    assert summary.pixels["windows"] == len(heights)  # one call per window
     assert max(heights) == P
 
 
@@ -185,9 +209,10 @@ def test_prefetching_equals_reading_in_turn(files, tmp_path, monkeypatch):
     with source_of(files) as source:
         for prefetch in (True, False):
             threads.clear()
-            summary = deploy_scene(source, files["model"], tmp_path / f"p{prefetch}",
-                                   files["calibrator"], stride=5, batch_size=3, progress=False,
-                                   precision="float32", prefetch=prefetch)
+            options = DeployOptions(stride=5, batch_size=3, precision="float32",
+                                    prefetch=prefetch)
+            summary = deploy_scene(source, files["model"], tmp_path / f"p{prefetch}", options,
+                                   calibrator_path=files["calibrator"], progress=False)
             assert summary.parameters["prefetch"] is prefetch
             assert summary.parameters["precision"] == "float32"
             maps[prefetch] = _read_maps(summary)
@@ -203,8 +228,8 @@ def test_bfloat16_deployment_is_close_to_float32(files, tmp_path):
     maps = {}
     with source_of(files) as source:
         for precision in ("float32", "bfloat16"):
-            summary = deploy_scene(source, files["model"], tmp_path / precision, progress=False,
-                                   precision=precision)
+            summary = deploy_scene(source, files["model"], tmp_path / precision,
+                                   DeployOptions(precision=precision), progress=False)
             assert summary.parameters["precision"] == precision
             assert summary.parameters["stride"] == 8  # default: half the 16 px patch
             maps[precision] = _read_maps(summary)
@@ -217,10 +242,11 @@ def test_bfloat16_deployment_is_close_to_float32(files, tmp_path):
 
 def test_polygons_area_matches_raster(files, tmp_path):
     with source_of(files) as source:
-        summary = deploy_scene(source, files["model"], tmp_path / "out", files["calibrator"],
-                               progress=False, vector_strip_rows=4)
-        coarse = deploy_scene(source, files["model"], tmp_path / "coarse", files["calibrator"],
-                              progress=False)
+        summary = deploy_scene(source, files["model"], tmp_path / "out",
+                               DeployOptions(vector_strip_rows=4),
+                               calibrator_path=files["calibrator"], progress=False)
+        coarse = deploy_scene(source, files["model"], tmp_path / "coarse",
+                              calibrator_path=files["calibrator"], progress=False)
     polygons = gpd.read_file(summary.outputs["glaciers.gpkg"], layer="glaciers")
     assert polygons.crs.to_string() == CRS
     assert set(polygons.columns) >= {"area_km2", "mean_confidence", "estimated_iou", "scene",
@@ -276,10 +302,14 @@ def test_bad_model_file_and_parameters(files, tmp_path):
         with pytest.raises(DeploymentError, match=r"missing.keras does not exist"):
             deploy_scene(source, tmp_path / "missing.keras", tmp_path / "out", progress=False)
         with pytest.raises(DeploymentError, match=r"stride must be in \[1, 16\]"):
-            deploy_scene(source, files["model"], tmp_path / "out", stride=17, progress=False)
-        with pytest.raises(DeploymentError, match=r"precision='half'.*--precision"):
-            deploy_scene(source, files["model"], tmp_path / "out", precision="half",
+            deploy_scene(source, files["model"], tmp_path / "out", DeployOptions(stride=17),
                          progress=False)
+    with pytest.raises(DeploymentError, match=r"precision='half'.*--precision"):
+        DeployOptions(precision="half")
+    with pytest.raises(DeploymentError, match=r"blend='box'.*--blend"):
+        DeployOptions(blend="box")
+    with pytest.raises(DeploymentError, match=r"batch_size \(>= 1\).*out of range: 0, 0, 1024"):
+        DeployOptions(batch_size=0)
 
 
 def test_all_nodata_scene_is_refused(files, tmp_path):
@@ -290,7 +320,7 @@ def test_all_nodata_scene_is_refused(files, tmp_path):
 
 
 def test_coordinates_are_radians(files, tmp_path, monkeypatch):
-    vector = coordinate_vector(lon=90.0, lat=30.0)
+    vector = coordinate_vector(lat=30.0, lon=90.0)
     np.testing.assert_allclose(vector, [0.5, math.sqrt(3) / 2, 1.0, 0.0], atol=1e-6)
     model = tiny_model(tmp_path / "coords.keras", location_size=4)
     seen = []
@@ -306,7 +336,7 @@ def test_coordinates_are_radians(files, tmp_path, monkeypatch):
         lon, lat = source.center_lonlat(0, 0, P, P)
     assert summary.model["location"] == "coordinates"
     first = seen[0][0]
-    np.testing.assert_allclose(first, coordinate_vector(lon, lat), atol=1e-6)
+    np.testing.assert_array_equal(first, coordinate_vector(lat, lon))
     assert first[0] == pytest.approx(math.sin(math.radians(lat)), abs=1e-6)
     with source_of(files) as source:
         with pytest.raises(DeploymentError, match=r"drop --region-vector"):

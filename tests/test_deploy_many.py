@@ -16,7 +16,7 @@ import glacier_mapping.deploy_many as deploy_many
 from glacier_mapping.calibration import TemperatureCalibrator
 from glacier_mapping.cli import main
 from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
-from glacier_mapping.deploy import deploy_scene
+from glacier_mapping.deploy import DeployOptions, deploy_scene
 from glacier_mapping.deploy_many import (
     SUMMARY_CSV,
     SUMMARY_JSON,
@@ -91,12 +91,13 @@ def test_results_equal_one_by_one(project, run, tmp_path):
         assert record["out_dir"] == str(run["out"] / scene_id)
         with SceneSource(root / "scenes" / f"{scene_id}_optical.tif", BANDS,
                          dem=root / "scenes" / f"{scene_id}_dem.tif", name=scene_id) as source:
+            options = DeployOptions(tta="tta" in extra,
+                                    stride=int(extra.get("stride", 0)) or None,
+                                    batch_size=int(extra.get("batch_size", 8)),
+                                    precision=extra.get("precision", "auto"))
             alone = deploy_scene(
-                source, root / "model.keras", tmp_path / scene_id, progress=False,
+                source, root / "model.keras", tmp_path / scene_id, options, progress=False,
                 calibrator_path=root / extra["calibrator"] if "calibrator" in extra else None,
-                tta="tta" in extra, stride=int(extra.get("stride", 0)) or None,
-                batch_size=int(extra.get("batch_size", 8)),
-                precision=extra.get("precision", "auto"),
             )
         np.testing.assert_allclose(read_band(record["outputs"]["confidence.tif"]),
                                    read_band(alone.outputs["confidence.tif"]), rtol=0,

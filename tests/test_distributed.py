@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_config import MINIMAL
 
 from glacier_mapping.config import ProfileError, parse_profile
 from glacier_mapping.distribute import check_distribute, check_tf_config, training_strategy
 
 TESTS = Path(__file__).resolve().parent
-MINIMAL = {"name": "x", "description": "d", "seed": 1, "data": {}, "model": {}}
+
 VALID_TF_CONFIG = {
     "cluster": {"worker": ["host1:12345", "host2:12345"]},
     "task": {"type": "worker", "index": 1},
@@ -93,13 +94,14 @@ def test_unknown_strategy_names_are_refused():
 
 
 def test_profile_validates_distribute():
-    assert parse_profile({**MINIMAL, "training": {}}).training.get("distribute", "none") == "none"
-    mirrored = parse_profile({**MINIMAL, "training": {"distribute": "mirrored"}})
-    assert mirrored.training["distribute"] == "mirrored"
+    training = MINIMAL["training"]
+    assert parse_profile(MINIMAL).training.distribute == "none"
+    mirrored = parse_profile({**MINIMAL, "training": {**training, "distribute": "mirrored"}})
+    assert mirrored.training.distribute == "mirrored"
     with pytest.raises(ProfileError, match=r"Profile <memory>: training.distribute=True"):
-        parse_profile({**MINIMAL, "training": {"distribute": True}})
+        parse_profile({**MINIMAL, "training": {**training, "distribute": True}})
     with pytest.raises(ProfileError, match="must be one of.*multi-worker"):
-        parse_profile({**MINIMAL, "training": {"distribute": "horovod"}})
+        parse_profile({**MINIMAL, "training": {**training, "distribute": "horovod"}})
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,10 @@ import pandas as pd
 import pytest
 
 from glacier_mapping.evaluation import (
-    TIDY_COLUMNS,
     confusion_counts,
     evaluate_predictions,
     metrics_from_counts,
     paper_average,
-    to_tidy_metrics,
 )
 
 PRED = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
@@ -110,30 +108,3 @@ def test_paper_average_is_unweighted_mean_with_sample_std():
     assert std == pytest.approx(np.std([0.9, 0.5], ddof=1))
     single_mean, single_std = paper_average([0.8])
     assert single_mean == 0.8 and math.isnan(single_std)
-
-
-def test_to_tidy_metrics_long_format():
-    evaluation = evaluate_predictions(_records())
-    tidy = to_tidy_metrics(
-        evaluation,
-        "02",
-        "baseline",
-        "glavitu",
-        "tiny",
-        "global",
-        ["optical", "dem"],
-        "test",
-        3,
-    )
-    assert list(tidy.columns) == list(TIDY_COLUMNS)
-    assert set(tidy["region"]) == {"A", "B", "ALL"}
-    assert (tidy["sensors"] == "optical+dem").all() and (tidy["seed"] == 3).all()
-    lookup = tidy.set_index(["region", "metric"])["value"]
-    iou_a, iou_b = 91 / 104, 5 / 10
-    assert lookup[("A", "iou")] == pytest.approx(iou_a)
-    assert lookup[("ALL", "iou")] == pytest.approx(96 / 114)
-    assert lookup[("ALL", "iou_mean_of_regions")] == pytest.approx((iou_a + iou_b) / 2)
-    assert lookup[("ALL", "iou_std_of_regions")] == pytest.approx(np.std([iou_a, iou_b], ddof=1))
-    # Pooled overall IoU is not the unweighted mean of the region IoUs.
-    assert lookup[("ALL", "iou")] != pytest.approx(lookup[("ALL", "iou_mean_of_regions")])
-    assert not tidy.duplicated(["region", "metric"]).any()

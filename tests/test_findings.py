@@ -205,14 +205,14 @@ def test_training_comparisons_need_two_seeds():
 def test_region_encoding_diagnosis_names_the_supported_causes(tmp_path):
     from types import SimpleNamespace
 
-    from glacier_mapping.verdicts import region_encoding_diagnosis
+    from glacier_mapping.chapters.strategy_comparison import region_encoding_diagnosis
 
     def model(name, values):
         path = tmp_path / f"{name}.csv"
         pd.DataFrame({"epoch": range(1, len(values) + 1),
                       "val_output_glacier_iou": values}).to_csv(path, index=False)
-        return SimpleNamespace(card={"name": name},
-                               artifact=SimpleNamespace(file=lambda _, p=path: p))
+        return SimpleNamespace(card=SimpleNamespace(name=name),
+                               history=lambda p=path: pd.read_csv(p))
 
     models = {"global": model("g", [0.3, 0.5, 0.6, 0.62, 0.61, 0.615]),
               "region_encoding": model("r", [0.2, 0.3, 0.4, 0.45, 0.5, 0.55])}

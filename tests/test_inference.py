@@ -1,5 +1,6 @@
 """Tests of glacier_mapping.inference with tiny functional Keras models."""
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -8,13 +9,14 @@ import keras
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers the .rio accessor)
+import tensorflow as tf
 import xarray as xr
 from keras import layers
 
 import glacier_mapping.models
 from glacier_mapping import inference
 from glacier_mapping.inference import (
-    BlendAccumulator,
+    WindowBlender,
     narrow_window,
     original_window,
     predict_array,
@@ -135,18 +137,48 @@ def test_window_origins_cover_borders():
         window_origins(20, 20, 8, 9)
 
 
-def test_blend_accumulator_normalises_and_detects_gaps():
-    accumulator = BlendAccumulator(10, 10, 6)
-    accumulator.add(np.full((6, 6, 2), 0.25, "float32"), 0, 0)
-    with pytest.raises(RuntimeError, match="covered by no window"):
-        accumulator.result()
-    for row, col in window_origins(10, 10, 6, 3)[1:]:
-        accumulator.add(np.full((6, 6, 2), 0.25, "float32"), row, col)
-    result = accumulator.result()
-    assert result.dtype == np.float32
+def test_window_blender_normalises_streams_rows_and_checks_order():
+    blender = WindowBlender(11, 10, 6, 3)
+    assert blender.origins == window_origins(11, 10, 6, 3)
+    with pytest.raises(ValueError, match=r"out of order.*next: \(0, 0\)"):
+        blender.add(np.zeros((6, 6, 2), "float32"), 0, 3)
+    with pytest.raises(ValueError, match="shape"):
+        blender.add(np.zeros((5, 6, 2), "float32"), 0, 0)
+    finished = []
+    for row, col in blender.origins:
+        rows = blender.add(np.full((6, 6, 2), 0.25, "float32"), row, col, np.ones((6, 6), bool))
+        if rows is not None:
+            finished.append(rows)
+            assert len(blender.weights) <= 6  # at most one patch of rows is held
+    assert [rows.top for rows in finished] == [0, 3, 5]  # rows 0-2, 3-4, 5-10
+    result = np.concatenate([rows.probs for rows in finished])
+    assert result.shape == (11, 10, 2) and result.dtype == np.float32
     np.testing.assert_allclose(result, 0.25, rtol=1e-5)
-    with pytest.raises(ValueError, match="leaves"):
-        accumulator.add(np.zeros((6, 6, 2), "float32"), 5, 0)
+    assert np.concatenate([rows.mask for rows in finished]).all()
+    with pytest.raises(ValueError, match="out of order.*next: none"):
+        blender.add(np.zeros((6, 6, 2), "float32"), 5, 4)
+
+
+def test_window_blender_is_one_float32_weighted_mean():
+    """Each pixel: the float32 sum of probability x weight over its windows / sum of weights."""
+    rng = np.random.default_rng(0)
+    blender = WindowBlender(9, 13, 5, 2, blend="original")
+    probs = {origin: rng.uniform(size=(5, 5, 2)).astype("float32") for origin in blender.origins}
+    sums, weights = np.zeros((9, 13, 2), "float32"), np.zeros((9, 13), "float32")
+    finished = []
+    for (row, col), window_probs in probs.items():
+        sums[row : row + 5, col : col + 5] += window_probs * blender.window[..., None]
+        weights[row : row + 5, col : col + 5] += blender.window
+        rows = blender.add(window_probs, row, col)
+        if rows is not None:
+            finished.append(rows)
+    assert all(rows.mask is None for rows in finished)
+    np.testing.assert_array_equal(np.concatenate([rows.probs for rows in finished]),
+                                  sums / weights[..., None])
+    mixed = WindowBlender(5, 7, 5, 2)
+    mixed.add(np.zeros((5, 5, 2), "float32"), 0, 0, np.ones((5, 5), bool))
+    with pytest.raises(ValueError, match="mask with every window"):
+        mixed.add(np.zeros((5, 5, 2), "float32"), 0, 2)
 
 
 @pytest.mark.parametrize(("height", "width"), [(21, 19), (5, 7)])
@@ -221,9 +253,7 @@ def test_mc_dropout_passes_differ_and_flag_is_reset(monkeypatch):
         calls.append(enabled)
         noisy.flag.assign(1.0 if enabled else 0.0)
 
-    monkeypatch.setattr(
-        glacier_mapping.models, "set_mc_dropout", fake_set_mc_dropout, raising=False
-    )
+    monkeypatch.setattr(inference, "set_mc_dropout", fake_set_mc_dropout)
     batch = {name: array[None] for name, array in _features(8, 8, seed=9).items()}
     deterministic = predict_windows(model, batch)
     np.testing.assert_array_equal(deterministic, predict_windows(model, batch))
@@ -279,16 +309,15 @@ def test_bad_features_raise_clear_errors():
 
 
 def test_uniform_blend_is_the_plain_mean_of_overlapping_windows():
-    accumulator = BlendAccumulator(4, 6, 4, blend="uniform")
-    accumulator.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0)
-    accumulator.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2)
-    result = accumulator.result()
+    uniform = WindowBlender(4, 6, 4, 2, blend="uniform")
+    assert uniform.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0) is None
+    result = uniform.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2).probs
     np.testing.assert_allclose(result[:, 2:4], 0.4, rtol=1e-6)
     np.testing.assert_allclose(result[:, :2], 0.2, rtol=1e-6)
-    narrow = BlendAccumulator(4, 6, 4)
+    narrow = WindowBlender(4, 6, 4, 2)
     narrow.add(np.full((4, 4, 2), 0.2, "float32"), 0, 0)
-    narrow.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2)
-    assert not np.allclose(narrow.result()[:, 2:4], 0.4, rtol=1e-3)
+    result = narrow.add(np.full((4, 4, 2), 0.6, "float32"), 0, 2).probs
+    assert not np.allclose(result[:, 2:4], 0.4, rtol=1e-3)
 
 
 def test_precision_and_blend_names_are_checked():
@@ -373,10 +402,6 @@ def test_large_batches_run_in_pieces_with_the_same_result(monkeypatch):
 
 
 def test_many_models_do_not_trigger_the_retracing_warning():
-    import logging
-
-    import tensorflow as tf
-
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())

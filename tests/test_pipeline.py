@@ -4,6 +4,8 @@ import json
 
 import nbformat
 import pytest
+import yaml
+from test_config import MINIMAL
 
 from glacier_mapping.cli import main
 from glacier_mapping.pipeline import NotebookFailed, run_pipeline
@@ -26,10 +28,7 @@ def project(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     profile = tmp_path / "tiny.yaml"
-    profile.write_text(
-        "name: tiny\ndescription: test\nseed: 5\ndata: {}\nmodel: {}\ntraining: {}\n"
-        "notebooks:\n  02_second: {size: 3}\n"
-    )
+    profile.write_text(yaml.safe_dump({**MINIMAL, "name": "tiny", "seed": 5}))
     _notebook(
         notebooks / "01_first.ipynb",
         "from glacier_mapping.store import ArtifactStore\n"
@@ -40,7 +39,7 @@ def project(tmp_path):
         "again = store.get_or_create('numbers', {'seed': seed}, print)\n"
         "print(art.reused, again.reused)",
     )
-    _notebook(notebooks / "02_second.ipynb", "assert size == 3, size\nresult = size * 2")
+    _notebook(notebooks / "02_second.ipynb", "assert size == 1, size\nresult = size * 2")
     return tmp_path, notebooks, profile
 
 
@@ -51,7 +50,7 @@ def test_runs_in_order_and_writes_manifest(project):
     assert written["status"] == "ok" == manifest["status"]
     assert [nb["notebook"] for nb in written["notebooks"]] == ["01_first", "02_second"]
     first, second = written["notebooks"]
-    assert second["parameters"]["size"] == 3 and first["parameters"]["seed"] == 5
+    assert first["parameters"]["seed"] == 5 == second["parameters"]["seed"]
     assert first["seconds"] > 0 and first["peak_memory_mb"] > 10
     # Built, then read again in the same notebook: one artifact, computed.
     assert first["artifacts_computed"] == 1 and first["artifacts_reused"] == 0
@@ -95,9 +94,10 @@ def test_only_runs_selected_and_merges_manifest(project):
 
 def test_undeclared_parameter_is_refused(project):
     root, notebooks, profile = project
-    profile.write_text(profile.read_text().replace("{size: 3}", "{sise: 3}"))
-    with pytest.raises(ValueError, match="sise"):
-        run_pipeline(str(profile), notebooks, root / "outputs", only=["02"], echo=lambda s: None)
+    _notebook(notebooks / "04_no_seed.ipynb", "x = 1",
+              parameters=PARAMETERS.replace("seed = 0\n", ""))
+    with pytest.raises(ValueError, match="seed"):
+        run_pipeline(str(profile), notebooks, root / "outputs", only=["04"], echo=lambda s: None)
 
 
 def test_notebook_without_parameters_cell_is_refused(project):

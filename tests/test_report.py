@@ -5,13 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from glacier_mapping.report import (
-    METRIC_COLUMNS,
-    build_information,
-    load_metrics,
-    paper_comparison,
-    results_at_a_glance,
-)
+from glacier_mapping.metrics import COLUMNS, load_metrics
+from glacier_mapping.report import build_information, paper_comparison, results_at_a_glance
 
 
 def _write(output_dir, alps_iou):
@@ -24,7 +19,7 @@ def _write(output_dir, alps_iou):
          "region": "ALL", "seed": 42, "metric": "iou_mean_of_regions", "value": 0.7},
     ]
     (output_dir / "metrics").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows)[list(METRIC_COLUMNS)].to_csv(
+    pd.DataFrame(rows)[list(COLUMNS)].to_csv(
         output_dir / "metrics" / "02_glavitu_training.csv", index=False)
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.warp import transform as warp
+from rasterio.warp import transform_bounds
 
 from glacier_mapping.data.scenes import (
     OPTICAL_BANDS,
@@ -15,6 +17,7 @@ from glacier_mapping.data.scenes import (
     slope_from_padded,
 )
 from glacier_mapping.data.tiles import NormStats
+from glacier_mapping.registry import RealSceneNotAvailable, everest_scene
 
 CRS = "EPSG:32632"
 ORIGIN = (500_000.0, 5_100_000.0)
@@ -113,8 +116,6 @@ def test_dem_in_other_crs_and_resolution_is_aligned(tmp_path, caplog):
     height, width = 40, 50
     optical = write_raster(tmp_path / "optical.tif", optical_stack(height, width))
     # A DEM in geographic coordinates at about 90 m covering the optical scene and more.
-    from rasterio.warp import transform_bounds
-
     left, bottom, right, top = transform_bounds(CRS, "EPSG:4326", ORIGIN[0] - 600,
                                                 ORIGIN[1] - height * SIZE - 600,
                                                 ORIGIN[0] + width * SIZE + 600, ORIGIN[1] + 600)
@@ -136,8 +137,6 @@ def test_dem_in_other_crs_and_resolution_is_aligned(tmp_path, caplog):
     elevation = physical["dem"][..., 0]
     assert elevation.shape == (height, width)
     # Sensible values: the same linear function of lon/lat sampled at the optical pixels.
-    from rasterio.warp import transform as warp
-
     xs = ORIGIN[0] + (np.arange(width) + 0.5) * SIZE
     ys = ORIGIN[1] - (np.arange(height) + 0.5) * SIZE
     grid_x, grid_y = np.meshgrid(xs, ys)
@@ -281,8 +280,6 @@ def test_center_lonlat_in_degrees(scene_files):
 
 
 def test_everest_scene_lacks_swir():
-    from glacier_mapping.registry import RealSceneNotAvailable, everest_scene
-
     try:
         scene = everest_scene()
     except RealSceneNotAvailable as missing:

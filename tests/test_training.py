@@ -17,6 +17,8 @@ import tensorflow as tf
 from keras import layers
 
 from glacier_mapping import inference
+from glacier_mapping.experiments.runner import _training_model
+from glacier_mapping.experiments.strategies import ExperimentSpec
 from glacier_mapping.training import (
     CosineRestarts,
     FocalLoss,
@@ -306,8 +308,6 @@ def _dropout_model(seed: int) -> keras.Model:
 
 
 def test_a_model_trained_again_reuses_its_steps_and_matches_a_fresh_model(tmp_path):
-    from glacier_mapping.strategies import ExperimentSpec, _training_model
-
     spec = ExperimentSpec(name="reuse", patch_size=8, seed=3)  # a build key no other test uses
     config = dataclasses.replace(CONFIG, seed=3)
     reference = _dropout_model(3)

@@ -6,27 +6,42 @@ fixed and only a 12-vector of logits (initialised to ones) is trained. Its softm
 head over random patches of the scene, as in the original ``bias_optimisation`` notebook. The
 result is stored as JSON with the slot names of :data:`~glacier_mapping.data.schema.LOCATION_SLOTS`.
 
+The book's runs: :func:`optimise_region` optimises the vector of an unseen region of the
+benchmark on the unlabelled tiles of its independent split (cached, published to
+``outputs/<profile>/region_vectors/<REGION>.json``), :func:`optimise_regions` several regions in
+worker processes, and :func:`compare_region_vectors` scores location vectors on a region.
+
 Stands in for: the region one-hot vector of a region the model knows. Breaks down when the scene
 is unlike every training region: low entropy then means confident, not right.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from keras import ops
 
+from glacier_mapping.data.patches import region_vector
 from glacier_mapping.data.schema import LOCATION_INPUT, LOCATION_SLOTS, REGION_VECTOR_SIZE
-from glacier_mapping.store import atomic_write_json
+from glacier_mapping.data.splits import region_tiles, stack_tiles
+from glacier_mapping.evaluation import COUNT_COLUMNS
+from glacier_mapping.experiments.runner import Experiment
+from glacier_mapping.predictions import evaluate_split, predict_with_vector
+from glacier_mapping.scheduling import run_groups, uses_workers
+from glacier_mapping.store import atomic_copy, atomic_write_json
+from glacier_mapping.workflow import Context
 
 _PROB_EPS = 1e-6
 _PROGRESS_EVERY = 10
@@ -323,3 +338,136 @@ def load_region_vector(path: str | os.PathLike[str]) -> np.ndarray:
             f"{path} has slots {data.get('slots')}; this library expects {list(LOCATION_SLOTS)}."
         )
     return _check_vector(np.asarray(data.get("vector"), dtype=np.float64), str(path))
+
+
+def slot_vector(code: str) -> np.ndarray:
+    """One-hot location vector of a slot (a region code or ``UNKNOWN``), float64."""
+    return region_vector(code).astype(np.float64)
+
+
+def vector_frame(vectors: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Optimised vectors per region as a long table: ``region, slot, weight, change``.
+
+    ``change`` is the weight minus the uniform start ``1 / 12``.
+    """
+    start = 1.0 / len(LOCATION_SLOTS)
+    return pd.DataFrame([{"region": region, "slot": slot, "weight": float(weight),
+                          "change": float(weight) - start}
+                         for region, vector in vectors.items()
+                         for slot, weight in zip(LOCATION_SLOTS, vector, strict=True)])
+
+
+def _region_vector_params(
+    region: str, acquisition: str, max_epochs: int, seed: int
+) -> dict[str, Any]:
+    """What the key of a region-vector artifact is made of (besides the model)."""
+    return {"region": region, "acquisition": acquisition, "max_epochs": max_epochs, "seed": seed}
+
+
+def optimise_region(
+    context: Context, trained: Experiment, region: str, max_epochs: int,
+    acquisition: str = "spatial", seed: int | None = None,
+    load_model: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Bias-optimise the region vector on one region's unlabelled tiles (cached artifact).
+
+    The original settings (Adam lr 1e-4, batch 8, about H x W / patch^2 / 8 batches per epoch,
+    stop when the squared change stays below 1e-8 for 5 epochs) with at most ``max_epochs``.
+    The vector is published to ``outputs/<profile>/region_vectors/<REGION>.json`` (the JSON of
+    :func:`~glacier_mapping.adaptation.save_region_vector`, readable by deploy).
+
+    Args:
+        context: The chapter context.
+        trained: A region-encoding model.
+        region: The unseen region.
+        max_epochs: Upper bound on epochs.
+        acquisition: Tiles of this acquisition kind are the region's "scene".
+        seed: Seed of the patch positions (the run's seed by default).
+        load_model: Returns the loaded Keras model (default ``trained.load``).
+
+    Returns:
+        ``{"vector", "epochs_run", "converged", "entropy_history", "path", "seconds"}``.
+    """
+    seed = context.seed if seed is None else seed
+    spec = trained.spec
+    params = _region_vector_params(region, acquisition, max_epochs, seed)
+    if uses_workers(context) and not context.store.exists("region_vector", params,
+                                                          [trained.artifact]):
+        # Optimised in a worker, like every gradient task of this profile: its result must
+        # not depend on where it ran (see glacier_mapping.scheduling); then read from the store.
+        run_groups(context, _optimise_region_task,
+                   [[(trained, region, max_epochs, acquisition, seed)]])
+
+    def build(directory: Path) -> dict[str, Any]:
+        features = stack_tiles(region_tiles(context.benchmark.split_path("independent"),
+                                            region, spec.sensors, acquisition=acquisition))
+        start = time.perf_counter()
+        result = optimise_region_vector((load_model or trained.load)(), features, spec.patch_size,
+                                        batch_size=spec.batch_size, max_epochs=max_epochs,
+                                        seed=seed, progress=False)
+        seconds = time.perf_counter() - start
+        save_region_vector(result, directory / "region_vector.json", metadata={
+            "region": region, "acquisition": acquisition, "model": spec.name,
+            "scene_shape": list(next(iter(features.values())).shape[:2]),
+            "seconds": round(seconds, 1)})
+        return {"epochs_run": result.epochs_run}
+
+    artifact = context.store.get_or_create("region_vector", params, build,
+                                           inputs=[trained.artifact])
+    target = atomic_copy(artifact.file("region_vector.json"),
+                         context.output_dir / "region_vectors" / f"{region}.json")
+    data = json.loads(target.read_text())
+    return {"vector": np.asarray(data["vector"], dtype=np.float64),
+            "epochs_run": data["optimisation"]["epochs_run"],
+            "converged": data["optimisation"]["converged"],
+            "entropy_history": data["optimisation"]["entropy_history"],
+            "seconds": data["metadata"]["seconds"], "path": target}
+
+
+def optimise_regions(
+    context: Context, trained: Experiment, regions: Sequence[str], max_epochs: int,
+    acquisition: str = "spatial", load_model: Callable[[], Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`optimise_region` for several regions, side by side in worker processes.
+
+    Regions are independent, so they run in parallel when the profile allows it
+    (``training.parallel_experiments``, :mod:`glacier_mapping.scheduling`); the results are then
+    read from the store, exactly as one after another.
+    """
+    missing = [region for region in regions if not context.store.exists(
+        "region_vector", _region_vector_params(region, acquisition, max_epochs, context.seed),
+        [trained.artifact])]
+    run_groups(context, _optimise_region_task,
+               [[(trained, region, max_epochs, acquisition, context.seed)] for region in missing])
+    return {region: optimise_region(context, trained, region, max_epochs, acquisition,
+                                    load_model=load_model)
+            for region in regions}
+
+
+def _optimise_region_task(
+    context: Context, item: tuple[Experiment, str, int, str, int]
+) -> None:
+    """Worker task of :func:`optimise_regions` and :func:`optimise_region`."""
+    trained, region, max_epochs, acquisition, seed = item
+    optimise_region(context, trained, region, max_epochs, acquisition, seed)
+
+
+def compare_region_vectors(
+    context: Context, trained: Experiment, region: str, vectors: Mapping[str, np.ndarray],
+    acquisition: str = "spatial", load_model: Callable[[], Any] | None = None,
+) -> pd.DataFrame:
+    """Pooled IoU (and counts) of one region's tiles under each named location vector.
+
+    ``load_model`` (default: a cached ``trained.load``) is shared by the predictions.
+    """
+    rows = []
+    load_model = load_model or functools.cache(trained.load)
+    for name, vector in vectors.items():
+        predictions = predict_with_vector(context, trained, vector, regions=[region],
+                                          acquisition=acquisition, load_model=load_model)
+        evaluation = evaluate_split(context, predictions)
+        pooled = evaluation[evaluation["level"] == "region"].iloc[0]
+        rows.append({"region": region, "experiment": name, "split": acquisition,
+                     "iou": float(pooled["iou"]),
+                     **{key: int(pooled[key]) for key in COUNT_COLUMNS}})
+    return pd.DataFrame(rows)

@@ -5,48 +5,56 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from glacier_mapping.lazy import lazy_module
 
 # TensorFlow's C++ start-up logs would otherwise flood the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
-def _run(args: argparse.Namespace) -> int:
-    from glacier_mapping.pipeline import NotebookFailed, run_pipeline
-
-    try:
-        run_pipeline(
-            args.profile, notebook_dir=args.notebooks, output_root=args.output_dir,
-            data_dir=args.data_dir, only=args.only, seed=args.seed,
-        )
-    except NotebookFailed as failure:
-        print(f"\nFAILED: {failure}", file=sys.stderr)
-        return 1
-    return 0
+# Each command loads only what it runs (the deploy commands load TensorFlow).
+book = lazy_module("glacier_mapping.book")
+deploy = lazy_module("glacier_mapping.deploy")
+deploy_many = lazy_module("glacier_mapping.deploy_many")
+pipeline = lazy_module("glacier_mapping.pipeline")
+weights = lazy_module("glacier_mapping.models.weights")
 
 
-def _build_book(args: argparse.Namespace) -> int:
-    from glacier_mapping.book import BookBuildError, build_book
+def _reporting(failures: Callable[[], tuple[type[Exception], ...]], code: int = 1,
+               prefix: str = "\n") -> Callable[[Callable[[argparse.Namespace], None]],
+                                                Callable[[argparse.Namespace], int]]:
+    """Turn a command into one that prints the expected failures and returns an exit code."""
+    def wrap(command: Callable[[argparse.Namespace], None]) -> Callable[
+            [argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            try:
+                command(args)
+            except failures() as error:
+                print(f"{prefix}FAILED: {error}", file=sys.stderr)
+                return code
+            return 0
+        return run
+    return wrap
 
-    try:
-        build_book(args.repo, args.output_dir, args.profile)
-    except BookBuildError as error:
-        print(f"\nFAILED: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+@_reporting(lambda: (pipeline.NotebookFailed,))
+def _run(args: argparse.Namespace) -> None:
+    pipeline.run_pipeline(
+        args.profile, notebook_dir=args.notebooks, output_root=args.output_dir,
+        data_dir=args.data_dir, only=args.only, seed=args.seed,
+    )
 
 
-def _import_weights(args: argparse.Namespace) -> int:
-    from glacier_mapping.models.weights import WeightImportError, export_imported_model
+@_reporting(lambda: (book.BookBuildError,))
+def _build_book(args: argparse.Namespace) -> None:
+    book.build_book(args.repo, args.output_dir, args.profile)
 
-    try:
-        model_path = export_imported_model(args.weights, args.out)
-    except (WeightImportError, FileNotFoundError, OSError) as error:
-        print(f"FAILED: {error}", file=sys.stderr)
-        return 2
+
+@_reporting(lambda: (weights.WeightImportError, FileNotFoundError, OSError), code=2, prefix="")
+def _import_weights(args: argparse.Namespace) -> None:
+    model_path = weights.export_imported_model(args.weights, args.out)
     print(f"Imported {args.weights} -> {model_path} (model card beside it)")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,34 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the profile's seed")
     run.set_defaults(handler=_run)
 
-    book = commands.add_parser("build-book", help="render the executed notebooks with Jupyter Book")
-    book.add_argument("--profile", default="quick")
-    book.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    book.add_argument("--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
-    book.set_defaults(handler=_build_book)
+    render = commands.add_parser("build-book",
+                                 help="render the executed notebooks with Jupyter Book")
+    render.add_argument("--profile", default="quick")
+    render.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    render.add_argument("--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
+    render.set_defaults(handler=_build_book)
 
-    weights = commands.add_parser(
+    imported = commands.add_parser(
         "import-weights", help="import an original GlaViTU weights file (Keras 2 HDF5)"
     )
-    weights.add_argument("weights", type=Path, help="<MODEL>_<STRATEGY>[...]_weights.h5")
-    weights.add_argument("--out", type=Path, required=True, help="output directory")
-    weights.set_defaults(handler=_import_weights)
+    imported.add_argument("weights", type=Path, help="<MODEL>_<STRATEGY>[...]_weights.h5")
+    imported.add_argument("--out", type=Path, required=True, help="output directory")
+    imported.set_defaults(handler=_import_weights)
 
-    from glacier_mapping.deploy import add_deploy_arguments, deploy_from_args
-
-    deploy = commands.add_parser(
+    single = commands.add_parser(
         "deploy", help="map glaciers in your own GeoTIFF scene with a trained model"
     )
-    add_deploy_arguments(deploy)
-    deploy.set_defaults(handler=deploy_from_args)
-
-    from glacier_mapping.deploy_many import add_deploy_many_arguments, deploy_many_from_args
+    deploy.add_deploy_arguments(single)
+    single.set_defaults(handler=deploy.deploy_from_args)
 
     many = commands.add_parser(
         "deploy-many", help="deploy every scene of a CSV manifest on Dask (local or a cluster)"
     )
-    add_deploy_many_arguments(many)
-    many.set_defaults(handler=deploy_many_from_args)
+    deploy_many.add_deploy_many_arguments(many)
+    many.set_defaults(handler=deploy_many.deploy_many_from_args)
     return parser
 
 

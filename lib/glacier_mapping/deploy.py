@@ -1,12 +1,12 @@
 """Scene deployment: GeoTIFF inputs to a glacier raster, calibrated confidence and outlines.
 
 The scene is processed one row of windows at a time. Windows are read from the files in
-batches (a background thread reads the next batch while the model runs), predicted, weighted
-with a blending window of :mod:`glacier_mapping.inference` and accumulated in a float32
-buffer one patch high; rows that no later window touches are finalised and written to the
-output rasters at once. Peak memory therefore depends on the patch size, the batch size and the
-scene width, never on the scene height. Outlines are then vectorised from
-the written class raster strip by strip, with components that cross strip seams merged.
+batches (a background thread reads the next batch while the model runs), predicted and blended
+by :class:`glacier_mapping.inference.WindowBlender` (the blending of the chapters' predictions),
+which holds one patch of rows; rows that no later window touches are written to the output
+rasters at once. Peak memory therefore depends on the patch size, the batch size and the scene
+width, never on the scene height. Outlines are then vectorised from the written class raster
+strip by strip, with components that cross strip seams merged.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from scipy import ndimage
 from shapely.geometry import shape
 from tqdm.auto import tqdm
 
+from glacier_mapping.adaptation import load_region_vector
 from glacier_mapping.calibration import Calibrator, confidence, load_calibrator
+from glacier_mapping.data.patches import coordinate_vector
 from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneError, SceneSource
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
     LOCATION_INPUT,
-    NUM_CLASSES,
     REGION_VECTOR_SIZE,
     SENSOR_CHANNELS,
 )
@@ -51,14 +52,15 @@ from glacier_mapping.inference import (
     BLENDS,
     DEFAULT_BLEND,
     PRECISIONS,
-    blending_window,
+    BlendedRows,
+    WindowBlender,
     inference_model,
     predict_windows,
     resolve_precision,
-    window_origins,
 )
 from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
-from glacier_mapping.store import atomic_write_json, file_digest
+from glacier_mapping.models import load_model
+from glacier_mapping.store import atomic_copy, atomic_path, atomic_write_json, file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +133,6 @@ def _load_model(model_path: Path) -> Any:  # noqa: ANN401 - a keras.Model
     """Load a ``.keras`` model in safe mode, with a clear error."""
     if not model_path.is_file():
         raise DeploymentError(f"Model file {model_path} does not exist; pass --model PATH.keras.")
-    from glacier_mapping.models import load_model
-
     try:
         return load_model(model_path)
     except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as error:
@@ -249,13 +249,6 @@ def _location_mode(info: _ModelInfo, region_vector_path: Path | None,
     raise DeploymentError(f"Unsupported model location input size {info.location_size}.")
 
 
-def coordinate_vector(lon: float, lat: float) -> np.ndarray:
-    """``sin(lat), cos(lat), sin(lon), cos(lon)`` of degrees converted to radians."""
-    lat_r, lon_r = math.radians(lat), math.radians(lon)
-    return np.array([math.sin(lat_r), math.cos(lat_r), math.sin(lon_r), math.cos(lon_r)],
-                    dtype=np.float32)
-
-
 def _check_out_dir(out_dir: Path) -> None:
     """Create ``out_dir`` and check it is writable."""
     try:
@@ -268,45 +261,6 @@ def _check_out_dir(out_dir: Path) -> None:
             f"Output directory {out_dir} is not writable ({error.strerror or error}); pass "
             "--out to a directory you can write to."
         ) from None
-
-
-class _StripBlender:
-    """Weighted blending in a buffer that spans only the rows windows still touch."""
-
-    def __init__(self, width: int, window: np.ndarray) -> None:
-        self.window = window
-        self.top = 0
-        self.sums = np.zeros((0, width, NUM_CLASSES), np.float32)
-        self.weights = np.zeros((0, width), np.float32)
-        self.valid = np.zeros((0, width), bool)
-
-    def extend_to(self, bottom: int) -> None:
-        """Grow the buffer so that it covers rows up to ``bottom`` (exclusive)."""
-        extra = bottom - self.top - len(self.weights)
-        if extra > 0:
-            width = self.weights.shape[1]
-            self.sums = np.concatenate([self.sums, np.zeros((extra, width, NUM_CLASSES),
-                                                            np.float32)])
-            self.weights = np.concatenate([self.weights, np.zeros((extra, width), np.float32)])
-            self.valid = np.concatenate([self.valid, np.zeros((extra, width), bool)])
-
-    def add(self, probs: np.ndarray, valid: np.ndarray, row: int, col: int) -> None:
-        """Add one window's probabilities ``(P, P, 2)`` and validity at ``(row, col)``."""
-        size = self.window.shape[0]
-        rows, cols = slice(row - self.top, row - self.top + size), slice(col, col + size)
-        self.sums[rows, cols] += probs * self.window[..., None]
-        self.weights[rows, cols] += self.window
-        self.valid[rows, cols] = valid
-
-    def pop(self, bottom: int) -> tuple[np.ndarray, np.ndarray]:
-        """Remove and return blended probabilities and validity of rows ``[top, bottom)``."""
-        count = bottom - self.top
-        probs = self.sums[:count] / self.weights[:count, :, None]
-        valid = self.valid[:count]
-        self.sums, self.weights = self.sums[count:], self.weights[count:]
-        self.valid = self.valid[count:]
-        self.top = bottom
-        return probs, valid
 
 
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:
@@ -338,8 +292,8 @@ class _WindowReader:
         if self.mode == "region":
             location = self.region_vector
         elif self.mode == "coordinates":
-            location = np.stack([coordinate_vector(*self.source.center_lonlat(
-                row, col, size, size)) for col in batch])
+            centres = [self.source.center_lonlat(row, col, size, size) for col in batch]
+            location = np.stack([coordinate_vector(lat=lat, lon=lon) for lon, lat in centres])
         return windows, valid, location
 
 
@@ -373,21 +327,16 @@ def _raster_profile(source: SceneSource, dtype: str, nodata: float) -> dict[str,
 
 
 def _to_cog(tiled: Path, final: Path, resampling: str) -> str:
-    """Copy a tiled GeoTIFF to ``final`` as a COG when GDAL has the driver (atomically)."""
-    temporary = final.with_name(f".{final.name}.cog-{os.getpid()}")
+    """Copy a tiled GeoTIFF to ``final`` atomically, as a COG when GDAL has the driver."""
     with rasterio.Env() as env:
         has_cog = "COG" in env.drivers()
-    if has_cog:
-        try:
-            rasterio.shutil.copy(tiled, temporary, driver="COG", compress="DEFLATE",
-                                 blocksize=_BLOCK, overview_resampling=resampling)
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
-        tiled.unlink()
-        return "COG"
-    os.replace(tiled, final)
-    return "GTiff (tiled; this GDAL has no COG driver)"
+    if not has_cog:
+        atomic_copy(tiled, final)
+        return "GTiff (tiled; this GDAL has no COG driver)"
+    with atomic_path(final) as temporary:
+        rasterio.shutil.copy(tiled, temporary, driver="COG", compress="DEFLATE",
+                             blocksize=_BLOCK, overview_resampling=resampling)
+    return "COG"
 
 
 def _pixel_area_km2(source: SceneSource, rows: np.ndarray) -> np.ndarray:
@@ -395,24 +344,91 @@ def _pixel_area_km2(source: SceneSource, rows: np.ndarray) -> np.ndarray:
     return dx * dy / 1e6
 
 
+@dataclass(frozen=True)
+class DeployOptions:
+    """How :func:`deploy_scene` runs the model over a scene (the ``deploy`` tunables).
+
+    Attributes:
+        coordinates: give window-centre sin/cos lat/lon (radians); None follows the model.
+        tta: 8-fold dihedral test-time augmentation.
+        mc_passes: MC-dropout passes to average (0 = deterministic).
+        patch_size: window size; default the model's input size.
+        stride: window step; default half a patch (``DEFAULT_STRIDE_FRACTION``).
+        batch_size: windows per model call.
+        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware has it:
+            see :func:`glacier_mapping.inference.resolve_precision`); the precision used is
+            recorded in ``summary.json``.
+        blend: window weights, one of :data:`glacier_mapping.inference.BLENDS`; ``original``
+            reproduces the original implementation's whole-scene probabilities.
+        prefetch: read the next batch of windows in a background thread while the model runs.
+        vector_strip_rows: rows per strip when vectorising the class raster.
+
+    Raises:
+        DeploymentError: for a value out of range or an unknown precision or blend.
+    """
+
+    coordinates: bool | None = None
+    tta: bool = False
+    mc_passes: int = 0
+    patch_size: int | None = None
+    stride: int | None = None
+    batch_size: int = 8
+    precision: str = "auto"
+    blend: str = DEFAULT_BLEND
+    prefetch: bool = True
+    vector_strip_rows: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.mc_passes < 0 or self.vector_strip_rows < 1:
+            raise DeploymentError(
+                f"batch_size (>= 1), mc_passes (>= 0) and vector_strip_rows (>= 1) are out of "
+                f"range: {self.batch_size}, {self.mc_passes}, {self.vector_strip_rows}."
+            )
+        if self.precision not in PRECISIONS:
+            raise DeploymentError(
+                f"precision={self.precision!r} is not one of {list(PRECISIONS)}; pass "
+                "--precision float32, bfloat16 or auto."
+            )
+        if self.blend not in BLENDS:
+            raise DeploymentError(
+                f"blend={self.blend!r} is not one of {list(BLENDS)}; pass --blend "
+                f"{' / '.join(BLENDS)}."
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DeployOptions:
+        """The options of parsed ``glacier-mapping deploy`` arguments."""
+        return cls(coordinates=args.coordinates, tta=args.tta, mc_passes=args.mc_passes,
+                   patch_size=args.patch_size, stride=args.stride, batch_size=args.batch_size,
+                   precision=args.precision, blend=args.blend)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything a deployment resolved and checked before its first window."""
+
+    options: DeployOptions
+    precision: str
+    model_path: Path
+    info: _ModelInfo
+    runner: Any
+    reader: _WindowReader
+    region_vector_path: Path | None
+    calibrator_path: str | os.PathLike[str] | None
+    calibrator: Calibrator | None
+    stride: int
+
+
 def deploy_scene(
     source: SceneSource,
     model_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    options: DeployOptions | None = None,
+    *,
     calibrator_path: str | os.PathLike[str] | None = None,
     region_vector_path: str | os.PathLike[str] | None = None,
-    coordinates: bool | None = None,
-    tta: bool = False,
-    mc_passes: int = 0,
-    patch_size: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 8,
-    progress: bool = True,
     norm_stats: NormStats | str | os.PathLike[str] | None = None,
-    vector_strip_rows: int = 1024,
-    precision: str = "auto",
-    prefetch: bool = True,
-    blend: str = DEFAULT_BLEND,
+    progress: bool = True,
 ) -> DeploymentSummary:
     """Map glaciers on a whole scene with windowed, batched inference.
 
@@ -427,141 +443,177 @@ def deploy_scene(
             may give ``patch_size`` and ``norm_stats`` (a statistics dict or a file path
             relative to the card); a ``norm_stats.json`` beside the model is used otherwise.
         out_dir: output directory (created).
+        options: how to run the model (:class:`DeployOptions`); default its defaults.
         calibrator_path: calibrator JSON; without it ``confidence.tif`` holds uncalibrated
             confidence (1 - normalised entropy) and no IoU is estimated.
         region_vector_path: region-vector JSON for models with a 12-slot location input.
-        coordinates: give window-centre sin/cos lat/lon (radians); None follows the model.
-        tta: 8-fold dihedral test-time augmentation.
-        mc_passes: MC-dropout passes to average (0 = deterministic).
-        patch_size: window size; default the model's input size.
-        stride: window step; default half a patch (``DEFAULT_STRIDE_FRACTION``).
-        batch_size: windows per model call.
-        progress: show a progress bar.
         norm_stats: statistics (or their JSON) overriding the model's.
-        vector_strip_rows: rows per strip when vectorising the class raster.
-        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware has it:
-            see :func:`glacier_mapping.inference.resolve_precision`); the precision used is
-            recorded in ``summary.json``.
-        prefetch: read the next batch of windows in a background thread while the model runs.
-        blend: window weights, one of :data:`glacier_mapping.inference.BLENDS`; ``original``
-            reproduces the original implementation's whole-scene probabilities.
+        progress: show a progress bar.
 
     Raises:
         DeploymentError: for a bad parameter, model, sensor mismatch or output directory.
         SceneError: for a scene smaller than one window or without valid pixels.
     """
+    options = DeployOptions() if options is None else options
     # GDAL's block cache defaults to 5 % of RAM and would grow with the scene; cap it so
     # peak memory stays flat in scene size.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         started = time.perf_counter()
-        model_path, out_dir = Path(model_path), Path(out_dir)
-        if batch_size < 1 or mc_passes < 0 or vector_strip_rows < 1:
-            raise DeploymentError(
-                f"batch_size (>= 1), mc_passes (>= 0) and vector_strip_rows (>= 1) are out of "
-                f"range: {batch_size}, {mc_passes}, {vector_strip_rows}."
-            )
-        if precision not in PRECISIONS:
-            raise DeploymentError(
-                f"precision={precision!r} is not one of {list(PRECISIONS)}; pass --precision "
-                "float32, bfloat16 or auto."
-            )
-        if blend not in BLENDS:
-            raise DeploymentError(
-                f"blend={blend!r} is not one of {list(BLENDS)}; pass --blend "
-                f"{' / '.join(BLENDS)}."
-            )
-        chosen_precision = resolve_precision(precision)
-        _check_out_dir(out_dir)
-        model = _load_model(model_path)
-        card = _model_card(model_path)
-        info = _model_info(model, card, patch_size, model_path)
-        try:
-            runner = inference_model(model, chosen_precision, fold=True)
-        except ValueError as error:
-            raise DeploymentError(f"{model_path}: {error}") from None
-        del model  # only its inference copy runs: one set of weights in memory
-        missing = [sensor for sensor in info.sensors if sensor not in source.sensors]
-        if missing:
-            flags = ", ".join(f"{SENSOR_FLAGS[s]} FILE" for s in missing)
-            raise DeploymentError(
-                f"The model needs the {missing} input(s) but the scene lacks them; pass {flags}."
-            )
-        region_vector_path = None if region_vector_path is None else Path(region_vector_path)
-        mode = _location_mode(info, region_vector_path, coordinates)
-        region_vector = None
-        if mode == "region":
-            from glacier_mapping.adaptation import load_region_vector
-
-            region_vector = load_region_vector(region_vector_path).astype(np.float32)
-        if isinstance(norm_stats, NormStats):
-            stats = norm_stats
-        elif norm_stats is not None:
-            stats = _stats_file(Path(norm_stats))
-        else:
-            stats = _stats_from_card(model_path, card)
-        calibrator = None if calibrator_path is None else load_calibrator(calibrator_path)
-        size = info.patch_size
-        stride = max(int(size * DEFAULT_STRIDE_FRACTION), 1) if stride is None else stride
-        if not 1 <= stride <= size:
-            raise DeploymentError(f"stride must be in [1, {size}] (the patch size), got {stride}.")
-        height, width = source.shape
-        if height < size or width < size:
-            raise SceneError(
-                f"Scene {source.name!r} is {height} x {width} pixels, smaller than one {size} x "
-                f"{size} window; the minimum scene size for this model is {size} x {size}."
-            )
-        source.check_not_empty(info.sensors)
-
+        out_dir = Path(out_dir)
+        setup = _prepare(source, Path(model_path), out_dir, options, calibrator_path,
+                         region_vector_path, norm_stats)
         paths = {name: out_dir / name for name in (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE,
                                                      SUMMARY_FILE)}
-        reader = _WindowReader(source, info.sensors, stats, size, mode, region_vector)
-        totals = _predict_and_write(
-            source, runner, reader, calibrator, stride, batch_size, tta, mc_passes, paths,
-            progress, prefetch, blend,
-        )
-        counts = totals.pop("counts")
-        estimated = estimate_iou(counts) if calibrator is not None else None
-        if estimated is not None and math.isnan(estimated):
-            estimated = None
+        totals = _predict_and_write(source, setup, paths, progress)
+        estimated = _estimated_iou(totals.pop("counts"), setup.calibrator)
         vector_start = time.perf_counter()
         polygon_count = _write_polygons(
-            _vectorise(paths[CLASS_FILE], paths[CONFIDENCE_FILE], vector_strip_rows), source,
-            estimated, paths[POLYGON_FILE],
+            _vectorise(paths[CLASS_FILE], paths[CONFIDENCE_FILE], options.vector_strip_rows),
+            source, estimated, paths[POLYGON_FILE],
         )
         seconds = dict(totals.pop("seconds"))
         seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
         seconds["total"] = round(time.perf_counter() - started, 3)
-        notes = []
-        if calibrator is None:
-            notes.append("No calibrator: confidence.tif is uncalibrated and no IoU is estimated; "
-                         "pass --calibrator JSON.")
-            logger.warning(notes[-1])
-        summary = DeploymentSummary(
-            scene=source.name, date=source.date, out_dir=str(out_dir),
-            outputs={name: str(path) for name, path in paths.items()},
-            inputs=source.inputs(), alignment=source.alignment,
-            grid={"crs": source.grid.crs.to_string(), "transform": list(source.grid.transform)[:6],
-                  "height": height, "width": width},
-            model={"path": str(model_path), "sha256": file_digest(model_path),
-                   "sensors": list(info.sensors), "patch_size": size, "location": mode,
-                   "norm_stats": stats.source},
-            calibrator=None if calibrator_path is None else str(calibrator_path),
-            region_vector=None if region_vector_path is None else str(region_vector_path),
-            parameters={"tta": tta, "mc_passes": mc_passes, "stride": stride,
-                        "batch_size": batch_size, "precision": chosen_precision, "blend": blend,
-                        "prefetch": prefetch, "raster_format": totals.pop("format")},
-            pixels={"total": height * width, "valid": totals["valid"],
-                    "glacier": totals["glacier"], "windows": totals["windows"]},
-            glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
-            estimated_iou=estimated,
-            mean_confidence=(totals["confidence_sum"] / totals["valid"]
-                             if totals["valid"] else None),
-            seconds=seconds,
-            peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-            notes=notes,
-        )
+        summary = _summary(source, setup, out_dir, paths, totals, polygon_count, estimated,
+                           seconds)
         atomic_write_json(paths[SUMMARY_FILE], summary.to_json())
         return summary
+
+
+def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
+    """Open the scene of parsed ``glacier-mapping deploy`` arguments and deploy on it."""
+    with SceneSource(
+        args.optical, args.bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
+        cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
+        optical_scale=args.optical_scale, name=args.name, date=args.date,
+    ) as source:
+        return deploy_scene(
+            source, args.model, args.out, DeployOptions.from_args(args),
+            calibrator_path=args.calibrator, region_vector_path=args.region_vector,
+            norm_stats=args.norm_stats, progress=not args.no_progress,
+        )
+
+
+def _prepare(
+    source: SceneSource, model_path: Path, out_dir: Path, options: DeployOptions,
+    calibrator_path: str | os.PathLike[str] | None,
+    region_vector_path: str | os.PathLike[str] | None,
+    norm_stats: NormStats | str | os.PathLike[str] | None,
+) -> _Setup:
+    """Check the output directory, model, inputs and windows; load what the run needs."""
+    precision = resolve_precision(options.precision)
+    _check_out_dir(out_dir)
+    info, runner, card = _prepare_model(model_path, options.patch_size, precision)
+    region_vector_path = None if region_vector_path is None else Path(region_vector_path)
+    mode, region_vector = _check_inputs(source, info, options.coordinates, region_vector_path)
+    stats = _norm_stats(norm_stats, model_path, card)
+    reader = _WindowReader(source, info.sensors, stats, info.patch_size, mode, region_vector)
+    calibrator = None if calibrator_path is None else load_calibrator(calibrator_path)
+    stride = _check_windows(source, info, options.stride)
+    return _Setup(options, precision, model_path, info, runner, reader, region_vector_path,
+                  calibrator_path, calibrator, stride)
+
+
+def _prepare_model(model_path: Path, patch_size: int | None,
+                   precision: str) -> tuple[_ModelInfo, Any, dict[str, Any]]:
+    """The model's info, the copy that runs (:func:`inference_model`) and its card."""
+    model = _load_model(model_path)
+    card = _model_card(model_path)
+    info = _model_info(model, card, patch_size, model_path)
+    try:  # only the returned copy is kept: one set of weights in memory
+        runner = inference_model(model, precision, fold=True)
+    except ValueError as error:
+        raise DeploymentError(f"{model_path}: {error}") from None
+    return info, runner, card
+
+
+def _check_inputs(source: SceneSource, info: _ModelInfo, coordinates: bool | None,
+                  region_vector_path: Path | None) -> tuple[str | None, np.ndarray | None]:
+    """Check the scene has the model's sensors; the location mode and region vector."""
+    missing = [sensor for sensor in info.sensors if sensor not in source.sensors]
+    if missing:
+        flags = ", ".join(f"{SENSOR_FLAGS[s]} FILE" for s in missing)
+        raise DeploymentError(
+            f"The model needs the {missing} input(s) but the scene lacks them; pass {flags}."
+        )
+    mode = _location_mode(info, region_vector_path, coordinates)
+    region_vector = None
+    if mode == "region":
+        region_vector = load_region_vector(region_vector_path).astype(np.float32)
+    return mode, region_vector
+
+
+def _norm_stats(norm_stats: NormStats | str | os.PathLike[str] | None, model_path: Path,
+                card: dict[str, Any]) -> NormStats:
+    """The given statistics (or their file), else the model's (:func:`_stats_from_card`)."""
+    if isinstance(norm_stats, NormStats):
+        return norm_stats
+    if norm_stats is not None:
+        return _stats_file(Path(norm_stats))
+    return _stats_from_card(model_path, card)
+
+
+def _check_windows(source: SceneSource, info: _ModelInfo, stride: int | None) -> int:
+    """The window step, after checking it, the scene size and that the scene has data."""
+    size = info.patch_size
+    stride = max(int(size * DEFAULT_STRIDE_FRACTION), 1) if stride is None else stride
+    if not 1 <= stride <= size:
+        raise DeploymentError(f"stride must be in [1, {size}] (the patch size), got {stride}.")
+    height, width = source.shape
+    if height < size or width < size:
+        raise SceneError(
+            f"Scene {source.name!r} is {height} x {width} pixels, smaller than one {size} x "
+            f"{size} window; the minimum scene size for this model is {size} x {size}."
+        )
+    source.check_not_empty(info.sensors)
+    return stride
+
+
+def _estimated_iou(counts: dict[str, float], calibrator: Calibrator | None) -> float | None:
+    """The scene's estimated glacier IoU; None without a calibrator or when undefined."""
+    if calibrator is None:
+        return None
+    estimated = estimate_iou(counts)
+    return None if math.isnan(estimated) else estimated
+
+
+def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str, Path],
+             totals: dict[str, Any], polygon_count: int, estimated: float | None,
+             seconds: dict[str, float]) -> DeploymentSummary:
+    """What the deployment wrote and measured."""
+    notes = []
+    if setup.calibrator is None:
+        notes.append("No calibrator: confidence.tif is uncalibrated and no IoU is estimated; "
+                     "pass --calibrator JSON.")
+        logger.warning(notes[-1])
+    options, reader = setup.options, setup.reader
+    height, width = source.shape
+    return DeploymentSummary(
+        scene=source.name, date=source.date, out_dir=str(out_dir),
+        outputs={name: str(path) for name, path in paths.items()},
+        inputs=source.inputs(), alignment=source.alignment,
+        grid={"crs": source.grid.crs.to_string(), "transform": list(source.grid.transform)[:6],
+              "height": height, "width": width},
+        model={"path": str(setup.model_path), "sha256": file_digest(setup.model_path),
+               "sensors": list(setup.info.sensors), "patch_size": setup.info.patch_size,
+               "location": reader.mode, "norm_stats": reader.stats.source},
+        calibrator=None if setup.calibrator_path is None else str(setup.calibrator_path),
+        region_vector=(None if setup.region_vector_path is None
+                       else str(setup.region_vector_path)),
+        parameters={"tta": options.tta, "mc_passes": options.mc_passes, "stride": setup.stride,
+                    "batch_size": options.batch_size, "precision": setup.precision,
+                    "blend": options.blend, "prefetch": options.prefetch,
+                    "raster_format": totals["format"]},
+        pixels={"total": height * width, "valid": totals["valid"],
+                "glacier": totals["glacier"], "windows": totals["windows"]},
+        glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
+        estimated_iou=estimated,
+        mean_confidence=(totals["confidence_sum"] / totals["valid"]
+                         if totals["valid"] else None),
+        seconds=seconds,
+        peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        notes=notes,
+    )
 
 
 class _StripWriter:
@@ -572,8 +624,9 @@ class _StripWriter:
         self.source, self.calibrator, self.totals = source, calibrator, totals
         self.class_out, self.conf_out = class_out, conf_out
 
-    def write(self, probs: np.ndarray, valid: np.ndarray, top: int) -> None:
-        """Write rows ``[top, top + len(probs))`` and add them to the totals."""
+    def write(self, rows: BlendedRows) -> None:
+        """Write finished rows (their mask: valid pixels) and add them to the totals."""
+        top, probs, valid = rows
         bottom = top + len(probs)
         pred = np.argmax(probs, axis=-1).astype(np.uint8)
         conf = (confidence(probs) if self.calibrator is None
@@ -592,50 +645,43 @@ class _StripWriter:
         self.conf_out.write(np.where(valid, conf, np.nan).astype(np.float32), 1, window=block)
 
 
-def _predict_and_write(
-    source: SceneSource, model: Any, reader: _WindowReader,  # noqa: ANN401
-    calibrator: Calibrator | None, stride: int, batch_size: int, tta: bool, mc_passes: int,
-    paths: dict[str, Path], progress: bool, prefetch: bool, blend: str,
-) -> dict[str, Any]:
+def _predict_and_write(source: SceneSource, setup: _Setup, paths: dict[str, Path],
+                       progress: bool) -> dict[str, Any]:
     """Run the windows row by row and write the class and confidence rasters."""
     height, width = source.shape
-    size = reader.size
-    origins = window_origins(height, width, size, stride)
-    rows = sorted({row for row, _ in origins})
-    columns = sorted({col for _, col in origins})
-    batches = list(_batches(columns, batch_size))
-    jobs = [(row, batch) for row in rows for batch in batches]
-    next_row = dict(zip(rows, rows[1:], strict=False))
-    blender = _StripBlender(width, blending_window(size, blend))
+    options, size = setup.options, setup.info.patch_size
+    blender = WindowBlender(height, width, size, setup.stride, options.blend)
+    rows = sorted({row for row, _ in blender.origins})
+    columns = sorted({col for _, col in blender.origins})
+    jobs = [(row, batch) for row in rows for batch in _batches(columns, options.batch_size)]
     tiled = {name: paths[name].with_name(f".{name}.part-{os.getpid()}")
              for name in (CLASS_FILE, CONFIDENCE_FILE)}
-    totals: dict[str, Any] = {"valid": 0, "glacier": 0, "area_km2": 0.0,
-                              "confidence_sum": 0.0, "windows": len(origins), "counts": []}
+    totals: dict[str, Any] = {"valid": 0, "glacier": 0, "area_km2": 0.0, "confidence_sum": 0.0,
+                              "windows": len(blender.origins), "counts": []}
     predict_seconds = write_seconds = 0.0
     try:
         with rasterio.open(tiled[CLASS_FILE], "w",
                            **_raster_profile(source, "uint8", CLASS_NODATA)) as class_out, \
                 rasterio.open(tiled[CONFIDENCE_FILE], "w",
                               **_raster_profile(source, "float32", np.nan)) as conf_out, \
-                tqdm(total=len(origins), disable=not progress, unit="window",
+                tqdm(total=len(blender.origins), disable=not progress, unit="window",
                      desc=f"deploy {source.name}") as bar:
-            writer = _StripWriter(source, class_out, conf_out, calibrator, totals)
+            writer = _StripWriter(source, class_out, conf_out, setup.calibrator, totals)
             tick = time.perf_counter()
-            for (row, batch), (windows, valid, location) in _read_ahead(jobs, reader, prefetch):
-                if batch[0] == columns[0]:
-                    blender.extend_to(row + size)  # a new row of windows starts
-                probs = predict_windows(model, windows, tta=tta, mc_passes=mc_passes,
-                                        location=location)
+            for (row, batch), (windows, valid, location) in _read_ahead(jobs, setup.reader,
+                                                                        options.prefetch):
+                probs = predict_windows(setup.runner, windows, tta=options.tta,
+                                        mc_passes=options.mc_passes, location=location)
                 for window_probs, col in zip(probs, batch, strict=True):
-                    blender.add(window_probs, valid[:, col - batch[0] : col - batch[0] + size],
-                                row, col)
+                    # only the last window of a row of windows finishes rows
+                    finished = blender.add(window_probs, row, col,
+                                           valid[:, col - batch[0] : col - batch[0] + size])
                 bar.update(len(batch))
-                if batch[-1] != columns[-1]:
-                    continue  # the row of windows is not complete yet
+                if finished is None:
+                    continue
                 predict_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
-                top = blender.top
-                writer.write(*blender.pop(next_row.get(row, height)), top)
+                writer.write(finished)
                 write_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
         tick = time.perf_counter()
@@ -758,10 +804,8 @@ def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated:
         outline = gpd.GeoSeries([shapely.box(*source.grid.bounds)], crs=crs)
         metric = outline.estimate_utm_crs()
     factor = 1.0 if crs.is_geographic else crs.linear_units_factor[1]
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gpkg")
-    temporary.unlink(missing_ok=True)
     written = 0
-    try:
+    with atomic_path(path) as temporary:
         for index, polygons in enumerate(strips):
             count = len(polygons.geometries)
             geometry = gpd.GeoSeries(polygons.geometries, crs=crs)
@@ -782,9 +826,6 @@ def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated:
                 frame.to_file(temporary, layer=POLYGON_LAYER, driver="GPKG",
                               mode="w" if index == 0 else "a")
             written += count
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return written
 
 
@@ -843,18 +884,7 @@ def deploy_from_args(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        with SceneSource(
-            args.optical, args.bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
-            cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
-            optical_scale=args.optical_scale, name=args.name, date=args.date,
-        ) as source:
-            summary = deploy_scene(
-                source, args.model, args.out, calibrator_path=args.calibrator,
-                region_vector_path=args.region_vector, coordinates=args.coordinates,
-                tta=args.tta, mc_passes=args.mc_passes, patch_size=args.patch_size,
-                stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress,
-                norm_stats=args.norm_stats, precision=args.precision, blend=args.blend,
-            )
+        summary = run_deploy(args)
     except (SceneError, DeploymentError, FileNotFoundError, ValueError) as error:
         print(f"glacier-mapping deploy: error: {error}", file=sys.stderr)
         return 2

@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+import tensorflow as tf
 from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 from distributed.comm import get_address_host
 
 import glacier_mapping.deploy as deploy
-from glacier_mapping.data.scenes import SceneSource
-from glacier_mapping.deploy import add_deploy_arguments, deploy_scene
+from glacier_mapping.deploy import add_deploy_arguments, run_deploy
 from glacier_mapping.store import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -270,8 +270,6 @@ def _load_model_once(model_path: Path) -> Any:
 
 def _limit_tensorflow_threads(threads: int) -> None:
     """Cap TensorFlow's intra- and inter-op threads (possible before its first operation)."""
-    import tensorflow as tf
-
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -314,8 +312,6 @@ class DeployWorkerSetup(WorkerPlugin):
 
 def _tensorflow_threads() -> int:
     """TensorFlow's intra-op thread count in this process (0 = TensorFlow's default)."""
-    import tensorflow as tf
-
     return tf.config.threading.get_intra_op_parallelism_threads()
 
 
@@ -338,22 +334,8 @@ def run_scene(job: SceneJob) -> dict[str, Any]:
     """Deploy one scene (the Dask task); raises :class:`SceneFailed` with a short message."""
     started = time.perf_counter()
     _THREAD.reused = False
-    options = job.options
     try:
-        with SceneSource(
-            options.optical, options.bands, dem=options.dem, slope=options.slope,
-            co_pol=options.co_pol, cross_pol=options.cross_pol, coherence=options.coherence,
-            thermal=options.thermal, optical_scale=options.optical_scale, name=options.name,
-            date=options.date,
-        ) as source:
-            summary = deploy_scene(
-                source, options.model, options.out, calibrator_path=options.calibrator,
-                region_vector_path=options.region_vector, coordinates=options.coordinates,
-                tta=options.tta, mc_passes=options.mc_passes, patch_size=options.patch_size,
-                stride=options.stride, batch_size=options.batch_size, progress=False,
-                norm_stats=options.norm_stats, precision=options.precision,
-                blend=options.blend,
-            )
+        summary = run_deploy(job.options)  # the options include --no-progress
     except Exception as error:  # every failure is reported, none is fatal
         message = _short_message(error)
         logger.warning("Scene %s (manifest line %d) failed: %s", job.scene_id, job.line, message)

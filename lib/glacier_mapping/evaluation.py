@@ -11,21 +11,8 @@ import pandas as pd
 from glacier_mapping.data.schema import GLACIER_CLASS
 
 COUNT_COLUMNS: tuple[str, ...] = ("tp", "fp", "fn", "tn")
-METRIC_COLUMNS: tuple[str, ...] = ("iou", "precision", "recall", "f1", "accuracy")
+SCORE_NAMES: tuple[str, ...] = ("iou", "precision", "recall", "f1", "accuracy")
 OVERALL = "ALL"
-TIDY_COLUMNS: tuple[str, ...] = (
-    "chapter",
-    "experiment",
-    "model",
-    "preset",
-    "strategy",
-    "sensors",
-    "split",
-    "region",
-    "seed",
-    "metric",
-    "value",
-)
 
 
 def confusion_counts(
@@ -139,7 +126,7 @@ def evaluate_predictions(records: pd.DataFrame | Iterable[Mapping[str, Any]]) ->
     result[list(COUNT_COLUMNS)] = result[list(COUNT_COLUMNS)].astype("int64")
     metrics = pd.DataFrame([metrics_from_counts(row) for row in result.to_dict("records")])
     result = pd.concat([result, metrics], axis=1)
-    return result[["level", "name", "region", *COUNT_COLUMNS, *METRIC_COLUMNS]]
+    return result[["level", "name", "region", *COUNT_COLUMNS, *SCORE_NAMES]]
 
 
 def paper_average(
@@ -160,75 +147,6 @@ def paper_average(
         return float("nan"), float("nan")
     spread = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
     return float(np.mean(values)), spread
-
-
-def to_tidy_metrics(
-    evaluation_df: pd.DataFrame,
-    chapter: str,
-    experiment: str,
-    model: str,
-    preset: str,
-    strategy: str,
-    sensors: str | Sequence[str],
-    split: str,
-    seed: int,
-) -> pd.DataFrame:
-    """Convert an :func:`evaluate_predictions` frame to the book's long metrics format.
-
-    One row per region-level metric and count (region ``ALL`` for the overall pooled values),
-    plus ``iou_mean_of_regions`` and ``iou_std_of_regions`` (see :func:`paper_average`) with
-    region ``ALL``. Tile and subregion rows are not included.
-
-    Args:
-        evaluation_df: Output of :func:`evaluate_predictions`.
-        chapter: Notebook/chapter identifier.
-        experiment: Experiment name within the chapter.
-        model: Model name (e.g. ``glavitu``).
-        preset: Model size preset.
-        strategy: Training strategy (global, regional, ...).
-        sensors: Sensor names; a sequence is joined with ``+``.
-        split: Data split (e.g. ``test``).
-        seed: Training seed.
-
-    Returns:
-        Columns ``chapter, experiment, model, preset, strategy, sensors, split, region, seed,
-        metric, value``.
-    """
-    needed = ("level", "region", *COUNT_COLUMNS, *METRIC_COLUMNS)
-    missing = [name for name in needed if name not in evaluation_df]
-    if missing:
-        raise ValueError(
-            f"evaluation_df lacks columns {missing}; pass the output of evaluate_predictions."
-        )
-    rows = evaluation_df[evaluation_df["level"].isin(("region", "overall"))]
-    long = rows.melt(
-        id_vars=["region"],
-        value_vars=[*METRIC_COLUMNS, *COUNT_COLUMNS],
-        var_name="metric",
-        value_name="value",
-    )
-    region_iou = rows.loc[rows["level"] == "region", "iou"]
-    mean, spread = paper_average(region_iou.to_numpy())
-    summary = pd.DataFrame(
-        {
-            "region": OVERALL,
-            "metric": ["iou_mean_of_regions", "iou_std_of_regions"],
-            "value": [mean, spread],
-        }
-    )
-    long = pd.concat([long, summary], ignore_index=True)
-    context = {
-        "chapter": chapter,
-        "experiment": experiment,
-        "model": model,
-        "preset": preset,
-        "strategy": strategy,
-        "sensors": sensors if isinstance(sensors, str) else "+".join(sensors),
-        "split": split,
-        "seed": int(seed),
-    }
-    long = long.assign(**context, value=long["value"].astype("float64"))
-    return long[list(TIDY_COLUMNS)].reset_index(drop=True)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -215,3 +215,10 @@ def findings_table(findings: list[Finding]) -> object:
     from IPython.display import Markdown
 
     return Markdown(findings_markdown(findings))
+
+
+def publish_findings(output_dir: str | Path, chapter: str,
+                     findings: list[Finding]) -> list[Finding]:
+    """Write a chapter's findings (:func:`write_findings`) and hand them back for display."""
+    write_findings(output_dir, chapter, findings)
+    return findings

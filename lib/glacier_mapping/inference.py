@@ -20,7 +20,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -30,6 +30,7 @@ import xarray as xr
 
 from glacier_mapping.data.schema import LOCATION_INPUT
 from glacier_mapping.machine import cpu_flags
+from glacier_mapping.models import set_mc_dropout
 from glacier_mapping.models.folding import folded_clone, folding_copier, folding_pairs
 
 OUTPUT_HEAD = "output"
@@ -171,56 +172,113 @@ def _starts(length: int, patch_size: int, stride: int) -> list[int]:
     return starts
 
 
-class BlendAccumulator:
-    """Accumulates weighted window probabilities into a normalised image.
+class BlendedRows(NamedTuple):
+    """Finished rows of a :class:`WindowBlender`: image rows ``[top, top + len(probs))``."""
 
-    Memory: two float32 arrays of the image size (weighted sums and weights).
+    top: int
+    probs: np.ndarray
+    mask: np.ndarray | None
+
+
+class WindowBlender:
+    """Blends the probabilities of overlapping windows into an image, one row of windows at a time.
+
+    The windows are those of :func:`window_origins` (:attr:`origins`, row by row), added in that
+    order. Each window's probabilities are weighted by :func:`blending_window` and summed in
+    float32; a pixel's result is its weighted sum divided by its summed weights. As soon as a row
+    of windows is complete, :meth:`add` returns the rows no later window touches and drops them
+    from the buffer, so memory holds at most one patch of rows (``patch_size x width``), whatever
+    the image height. :func:`predict_array` (benchmark tiles) and
+    :func:`glacier_mapping.deploy.deploy_scene` (whole scenes) both blend with it.
 
     Args:
-        height: Image height in pixels.
-        width: Image width in pixels.
+        height: Image height in pixels (at least ``patch_size``).
+        width: Image width in pixels (at least ``patch_size``).
         patch_size: Window side in pixels.
-        num_classes: Channels of the window probabilities.
+        stride: Window step (see :func:`window_origins`).
         blend: Window weights, one of :data:`BLENDS` (see :func:`blending_window`).
     """
 
-    def __init__(self, height: int, width: int, patch_size: int, num_classes: int = 2,
+    def __init__(self, height: int, width: int, patch_size: int, stride: int,
                  blend: str = DEFAULT_BLEND) -> None:
-        if height < 1 or width < 1 or num_classes < 1:
-            raise ValueError(
-                f"height, width and num_classes must be >= 1, got {height}, {width}, {num_classes}."
-            )
-        self.patch_size = patch_size
+        self.origins = window_origins(height, width, patch_size, stride)
         self.window = blending_window(patch_size, blend)
-        self.sums = np.zeros((height, width, num_classes), dtype=np.float32)
-        self.weights = np.zeros((height, width), dtype=np.float32)
+        self.height, self.patch_size = height, patch_size
+        self.top = 0  # first image row of the buffer
+        self.weights = np.zeros((0, width), np.float32)
+        self.sums: np.ndarray | None = None  # (rows, width, classes), made by the first window
+        self.mask: np.ndarray | None = None
+        self._added = 0
 
-    def add(self, window_probs: np.ndarray, row: int, col: int) -> None:
-        """Add one window's ``(patch, patch, classes)`` probabilities at ``(row, col)``."""
-        size = self.patch_size
-        expected = (size, size, self.sums.shape[-1])
-        if window_probs.shape != expected:
-            raise ValueError(f"window_probs must have shape {expected}, got {window_probs.shape}.")
-        height, width = self.weights.shape
-        if not (0 <= row <= height - size and 0 <= col <= width - size):
-            raise ValueError(
-                f"Window at ({row}, {col}) of size {size} leaves the {height}x{width} image."
-            )
-        self.sums[row : row + size, col : col + size] += window_probs * self.window[..., None]
-        self.weights[row : row + size, col : col + size] += self.window
+    def add(self, window_probs: np.ndarray, row: int, col: int,
+            mask: np.ndarray | None = None) -> BlendedRows | None:
+        """Add the next window's ``(patch, patch, classes)`` probabilities at ``(row, col)``.
 
-    def result(self) -> np.ndarray:
-        """Return the weighted mean probabilities, float32 ``(height, width, classes)``.
+        Args:
+            window_probs: The window's probabilities.
+            row: Top row of the window, as in :attr:`origins`.
+            col: Left column of the window, as in :attr:`origins`.
+            mask: Optional boolean ``(patch, patch)`` values carried to the result unblended
+                (deployment passes which pixels hold data); give one with every window or none.
 
-        Raises:
-            RuntimeError: If some pixel was covered by no window.
+        Returns:
+            The finished rows when this window completes a row of windows, else None.
         """
-        if not np.all(self.weights > 0):
-            raise RuntimeError(
-                f"{int(np.sum(self.weights <= 0))} pixels are covered by no window; add "
-                "windows from window_origins() to cover the whole image."
+        if self._added == len(self.origins) or (row, col) != self.origins[self._added]:
+            expected = self.origins[self._added] if self._added < len(self.origins) else "none"
+            raise ValueError(
+                f"Window at ({row}, {col}) is out of order; add the windows of origins in "
+                f"order (next: {expected})."
             )
-        return self.sums / self.weights[..., None]
+        size = self.patch_size
+        classes = window_probs.shape[-1] if self.sums is None else self.sums.shape[-1]
+        if window_probs.shape != (size, size, classes):
+            raise ValueError(
+                f"window_probs must have shape {(size, size, classes)}, got {window_probs.shape}."
+            )
+        if self.sums is None:  # the first window
+            width = self.weights.shape[1]
+            self.sums = np.zeros((0, width, classes), np.float32)
+            self.mask = None if mask is None else np.zeros((0, width), bool)
+        elif (mask is None) != (self.mask is None):
+            raise ValueError("Give a mask with every window or with none.")
+        self._extend_to(row + size)
+        rows, cols = slice(row - self.top, row - self.top + size), slice(col, col + size)
+        self.sums[rows, cols] += window_probs * self.window[..., None]
+        self.weights[rows, cols] += self.window
+        if self.mask is not None:
+            self.mask[rows, cols] = mask
+        self._added += 1
+        if self._added == len(self.origins):
+            return self._pop(self.height)
+        next_row = self.origins[self._added][0]
+        return None if next_row == row else self._pop(next_row)
+
+    def _extend_to(self, bottom: int) -> None:
+        """Grow the buffer so that it covers image rows up to ``bottom`` (exclusive)."""
+        extra = bottom - self.top - len(self.weights)
+        if extra > 0:
+            width = self.weights.shape[1]
+            self.sums = np.concatenate(
+                [self.sums, np.zeros((extra, width, self.sums.shape[-1]), np.float32)]
+            )
+            self.weights = np.concatenate([self.weights, np.zeros((extra, width), np.float32)])
+            if self.mask is not None:
+                self.mask = np.concatenate([self.mask, np.zeros((extra, width), bool)])
+
+    def _pop(self, bottom: int) -> BlendedRows:
+        """Remove and return the blended rows ``[top, bottom)``."""
+        count = bottom - self.top
+        finished = BlendedRows(
+            self.top,
+            self.sums[:count] / self.weights[:count, :, None],
+            None if self.mask is None else self.mask[:count],
+        )
+        self.sums, self.weights = self.sums[count:], self.weights[count:]
+        if self.mask is not None:
+            self.mask = self.mask[count:]
+        self.top = bottom
+        return finished
 
 
 def predict_windows(
@@ -253,8 +311,6 @@ def predict_windows(
     inputs = _model_inputs(model, batch, location)
     if mc_passes == 0:
         return _average_transforms(model, inputs, tta)
-    from glacier_mapping.models import set_mc_dropout
-
     set_mc_dropout(model, True)
     try:
         total = sum(_average_transforms(model, inputs, tta) for _ in range(mc_passes))
@@ -301,7 +357,7 @@ def predict_array(
     windows are shifted flush to the image edge. An image smaller than one patch is
     zero-padded at the bottom/right to a full patch (the model sees zeros there, as in the
     benchmark's padded tiles) and the result is cropped back. Window probabilities are
-    weighted by :func:`blending_window` and normalised by the accumulated weights (float32).
+    blended by :class:`WindowBlender`, as in scene deployment.
 
     Args:
         model: Keras model with dict inputs and a dict output with an ``"output"`` entry.
@@ -331,21 +387,19 @@ def predict_array(
         for name, array in features.items()
     }
     padded_height, padded_width = next(iter(padded.values())).shape[:2]
-    origins = window_origins(padded_height, padded_width, patch_size, stride)
-    accumulator: BlendAccumulator | None = None
-    for chunk in _chunks(origins, batch_size):
+    blender = WindowBlender(padded_height, padded_width, patch_size, stride, blend)
+    finished = []
+    for chunk in _chunks(blender.origins, batch_size):
         windows = {
             name: np.stack([array[r : r + patch_size, c : c + patch_size] for r, c in chunk])
             for name, array in padded.items()
         }
         probs = predict_windows(runner, windows, tta=tta, mc_passes=mc_passes, location=location)
-        if accumulator is None:
-            accumulator = BlendAccumulator(
-                padded_height, padded_width, patch_size, num_classes=probs.shape[-1], blend=blend
-            )
         for window_probs, (row, col) in zip(probs, chunk, strict=True):
-            accumulator.add(window_probs, row, col)
-    return accumulator.result()[:height, :width]
+            rows = blender.add(window_probs, row, col)
+            if rows is not None:
+                finished.append(rows.probs)
+    return np.concatenate(finished)[:height, :width]
 
 
 def resolve_precision(precision: str) -> str:

@@ -12,15 +12,26 @@ scene with :func:`pool_counts` in bounded memory, exactly like true confusion co
 Stands in for: IoU against reference outlines. Breaks down where the calibration does not hold
 (a region or season unlike the validation data), and it ignores spatial correlation of errors,
 which widens the spread of the true IoU around the estimate on small tiles.
+
+Over a split's cached predictions: :func:`estimate_tiles` gives true and estimated IoU per tile,
+:func:`pool_estimates` pools them per region or scene, :func:`quality_table` states how well the
+estimate tracks the truth, and :func:`regional_diagnosis` sets each region's error beside the
+calibrator's ECE there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from glacier_mapping.calibration import Calibrator, ece_table, reliability_tables
 from glacier_mapping.data.schema import GLACIER_CLASS
+from glacier_mapping.evaluation import COUNT_COLUMNS, OVERALL, confusion_counts, metrics_from_counts
+from glacier_mapping.predictions import iter_predictions, labelled_mask
+from glacier_mapping.store import Artifact
+from glacier_mapping.workflow import Context
 
 #: Keys of an expected-counts dictionary (``tn`` = expected true negatives, ``n`` = pixels).
 COUNT_KEYS: tuple[str, ...] = ("tp", "fp", "fn", "tn", "n")
@@ -131,3 +142,88 @@ def estimation_quality(true: np.ndarray, estimated: np.ndarray) -> dict[str, flo
         "bias": float(np.mean(estimated - true)),
         "n": n,
     }
+
+
+def estimate_tiles(
+    context: Context, predictions: Artifact, calibrator: Calibrator, split: str
+) -> pd.DataFrame:
+    """True and expected confusion counts, true and estimated IoU, per tile.
+
+    Columns: ``split, tile, region, subregion, acquisition, date, scene`` (``<REGION>_<date>``,
+    one acquisition), ``tp, fp, fn, tn``, ``e_tp, e_fp, e_fn, e_tn, n`` (expected counts from
+    calibrated confidence), ``iou`` and ``iou_estimated``.
+    """
+    rows = []
+    for row, tile, probs in iter_predictions(context, predictions):
+        mask = labelled_mask(tile)
+        predicted = np.argmax(probs, axis=-1)
+        truth = confusion_counts(predicted, np.argmax(tile.labels, axis=-1), mask)
+        expected = expected_counts(predicted, calibrator.calibrated_confidence(probs), mask)
+        rows.append({
+            "split": split, **{k: row[k] for k in ("tile", "region", "subregion")},
+            "acquisition": row.get("acquisition", ""), "date": row.get("date", ""),
+            "scene": f"{row['region']}_{row.get('date', '')}", **truth,
+            **{f"e_{k}": v for k, v in expected.items()},
+            "iou": metrics_from_counts(truth)["iou"], "iou_estimated": estimate_iou(expected),
+        })
+    return pd.DataFrame(rows)
+
+
+def pool_estimates(tiles: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Pool true and expected counts over groups of tiles; IoU and estimate of each group."""
+    sums = [*COUNT_COLUMNS, "e_tp", "e_fp", "e_fn", "e_tn", "e_n"]
+    pooled = tiles.groupby(list(by), sort=True)[sums].sum().reset_index()
+    pooled["tiles"] = tiles.groupby(list(by), sort=True).size().to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled["iou"] = pooled["tp"] / (pooled["tp"] + pooled["fp"] + pooled["fn"])
+        pooled["iou_estimated"] = pooled["e_tp"] / (pooled["e_tp"] + pooled["e_fp"]
+                                                    + pooled["e_fn"])
+    pooled["error"] = pooled["iou_estimated"] - pooled["iou"]
+    return pooled
+
+
+def estimation_levels(tiles: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Tiles, test regions and independent scenes (``estimate_tiles`` rows pooled)."""
+    test = tiles[tiles["split"] == "test"]
+    independent = tiles[tiles["split"] != "test"]
+    levels = {"tile": tiles}
+    if not test.empty:
+        levels["region (test)"] = pool_estimates(test, ["split", "region"])
+    if not independent.empty:
+        levels["scene (independent)"] = pool_estimates(independent, ["split", "region", "scene"])
+    return levels
+
+
+def quality_table(levels: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Pearson r, MAE, bias and n of the estimate at each level (tile, region, scene)."""
+    return pd.DataFrame([
+        {"level": level, **estimation_quality(frame["iou"].to_numpy(),
+                                              frame["iou_estimated"].to_numpy())}
+        for level, frame in levels.items()
+    ]).set_index("level")
+
+
+def largest_errors(frame: pd.DataFrame, columns: Sequence[str], count: int = 5) -> pd.DataFrame:
+    """The ``count`` rows with the largest absolute estimation error (NaN IoUs dropped)."""
+    data = frame.assign(error=frame["iou_estimated"] - frame["iou"]).dropna(subset=["error"])
+    order = data["error"].abs().sort_values(ascending=False).index
+    return data.loc[order, [*columns, "iou", "iou_estimated", "error"]].head(count)
+
+
+def regional_diagnosis(
+    context: Context, sources: Mapping[str, Artifact], calibrator: Calibrator,
+    tiles: pd.DataFrame,
+) -> pd.DataFrame:
+    """Per split and region: true and estimated IoU, their error and the calibrator's ECE.
+
+    Explains failures of the estimate: where calibration does not hold (high ECE), expected
+    counts are biased. ECE is computed with 100 bins over the region's tiles of that split.
+    """
+    ece = pd.concat([ece_table(reliability_tables(context, predictions, {"chosen": calibrator}),
+                               split) for split, predictions in sources.items()],
+                    ignore_index=True)
+    ece = ece[ece["region"] != OVERALL][["split", "region", "ece"]]
+    pooled = pool_estimates(tiles, ["split", "region"])
+    table = pooled[["split", "region", "tiles", "iou", "iou_estimated", "error"]].merge(
+        ece, on=["split", "region"], how="left")
+    return table.sort_values("error", key=np.abs, ascending=False).reset_index(drop=True)

@@ -7,6 +7,7 @@ kept as ``*.failed.ipynb`` for inspection and is never rendered into the book.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -23,7 +24,7 @@ from traitlets import default
 
 from glacier_mapping.config import Profile, load_profile
 from glacier_mapping.machine import cpu_description
-from glacier_mapping.store import NOTEBOOK_ENV, ArtifactStore, atomic_write_json
+from glacier_mapping.store import NOTEBOOK_ENV, ArtifactStore, atomic_path, atomic_write_json
 
 #: Packages whose versions the manifest records.
 RECORDED_PACKAGES: tuple[str, ...] = (
@@ -154,7 +155,6 @@ def execute_notebook(
     executed_dir = output_dir / "notebooks"
     executed_dir.mkdir(parents=True, exist_ok=True)
     final = executed_dir / notebook.name
-    partial = executed_dir / f".{notebook.stem}.running.ipynb"
     failed = executed_dir / f"{notebook.stem}.failed.ipynb"
     for stale in (final, failed):
         stale.unlink(missing_ok=True)
@@ -163,14 +163,13 @@ def execute_notebook(
     os.environ[NOTEBOOK_ENV] = notebook.stem
     start = time.perf_counter()
     try:
-        with _PeakMemory() as memory:
+        with _PeakMemory() as memory, atomic_path(final, keep_failed=failed) as partial:
             papermill.execute_notebook(
                 str(notebook), str(partial), parameters=parameters, kernel_name="python3",
                 cwd=str(notebook.parent), progress_bar=False, log_output=False,
                 execution_timeout=timeout, kernel_manager_class=_LocalKernelManager,
             )
     except PapermillExecutionError as error:
-        os.replace(partial, failed)
         cell = _source_cell_number(failed, error.cell_index)
         first_line = (error.source or "").strip().splitlines()[:1] or [""]
         raise NotebookFailed(
@@ -184,7 +183,6 @@ def execute_notebook(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    os.replace(partial, final)
     return NotebookRun(
         notebook=notebook.stem, status="ok", seconds=round(time.perf_counter() - start, 2),
         peak_memory_mb=round(memory.peak_mb, 1), parameters=parameters,
@@ -272,7 +270,6 @@ def run_pipeline(
         parameters = {
             "profile": profile.name if _is_packaged(profile) else profile.source,
             "data_dir": data_path, "output_dir": str(output_dir), "seed": profile.seed,
-            **profile.notebook_parameters(notebook.stem),
         }
         echo(f"[{index}/{len(notebooks)}] {notebook.stem} ...")
         events_before = len(store.events())
@@ -320,8 +317,6 @@ def _is_packaged(profile: Profile) -> bool:
 
 def _merge_partial_run(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Fold an ``--only`` run into the previous manifest, replacing the re-run notebooks."""
-    import json
-
     if not manifest_path.is_file():
         return manifest
     previous = json.loads(manifest_path.read_text())

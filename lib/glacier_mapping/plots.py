@@ -1,18 +1,24 @@
 """HoloViews figures in one visual style, small enough to embed in a static book.
 
 Rasters are coarsened before plotting so each figure embeds at most ``MAX_PIXELS`` per side;
-every figure has a title, axis labels with units and a colour-bar label.
+every figure has a title, axis labels with units and a colour-bar label. Static PNG versions
+(matplotlib, without pyplot) go to ``outputs/<profile>/figures/`` for readers without JavaScript.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import holoviews as hv
 import numpy as np
 import pandas as pd
 from bokeh.models import FixedTicker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from glacier_mapping.store import atomic_path
 
 MAX_PIXELS = 160
 WIDTH, HEIGHT = 330, 300
@@ -82,11 +88,11 @@ def error_map(
     """True/false positives and negatives of a glacier map (categorical colours)."""
     pred = np.asarray(predicted).astype(bool)
     truth = np.asarray(glacier).astype(bool)
-    codes = np.select([pred & truth, pred & ~truth, ~pred & truth], [1, 2, 3], 0).astype(float)
+    codes = np.select([pred & truth, pred & ~truth, ~pred & truth], [1, 2, 3], 0)
     if valid is not None:
-        codes[~np.asarray(valid, bool)] = np.nan
-    small = coarsen(codes.astype(np.float32)) if valid is None else coarsen(codes)
-    small = np.round(small)
+        codes[~np.asarray(valid, bool)] = -1
+    small = coarsen(codes).astype(np.float32)  # nearest pixel: a class is never averaged
+    small[small < 0] = np.nan
     names = list(ERROR_COLOURS)
     return hv.Image(np.flipud(small), bounds=_bounds(codes.shape, pixel_size_km),
                     vdims=["class (0 TN, 1 TP, 2 FP, 3 FN)"]).opts(
@@ -128,31 +134,112 @@ def curves(
 
 
 def save_static(figures: Sequence[tuple[np.ndarray, str]], path: str | Path, suptitle: str) -> Path:
-    """A static PNG fallback (matplotlib) of a few rasters; rasters are (H, W) or (H, W, 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(figures), figsize=(3.2 * len(figures), 3.2), squeeze=False)
-    for ax, (array, title) in zip(axes[0], figures, strict=True):
+    """A static PNG of a few rasters side by side; rasters are (H, W) or (H, W, 3)."""
+    def draw(ax: Axes, index: int) -> None:
+        array, title = figures[index]
         ax.imshow(coarsen(np.asarray(array), 256), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+
+    return save_panels(list(range(len(figures))), draw, path, suptitle, panel_height=3.2)
+
+
+def save_panels(names: Sequence[Any], draw: Callable[[Axes, Any], None], path: str | Path,
+                suptitle: str, ylabel: str = "", panel_width: float = 3.2,
+                panel_height: float = 3.4) -> Path:
+    """A static PNG of one panel per name, each drawn by ``draw(ax, name)``."""
+    fig = Figure(figsize=(panel_width * len(names), panel_height))
+    axes = fig.subplots(1, len(names), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        draw(ax, name)
+    if ylabel:
+        axes[0][0].set_ylabel(ylabel)
     fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)
 
 
-def save_figure(fig: object, path: str | Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    return Path(path)
+
+
+def identity_overlay(element: hv.Element, x: str, y: str) -> hv.Overlay:
+    """``element`` over the dashed line y = x (reliability diagrams, estimate scatters)."""
+    return hv.Curve([(0, 0), (1, 1)], x, y).opts(color="grey", line_dash="dashed") * element
+
+
+def reliability_plot(frame: pd.DataFrame, title: str) -> hv.Overlay:
+    """One reliability diagram: bin accuracy against mean confidence, with the identity line."""
+    bins = frame.dropna(subset=["accuracy"])
+    points = hv.Curve(bins, "mean_confidence", ["accuracy", "count"]).opts(tools=["hover"])
+    dots = hv.Scatter(bins, "mean_confidence", ["accuracy", "count"]).opts(size=6)
+    return identity_overlay(points * dots, "mean_confidence", "accuracy").opts(
+        title=title, xlabel="mean calibrated confidence (per bin)",
+        ylabel="pixel accuracy (per bin)", xlim=(0, 1), ylim=(0, 1.02), width=WIDTH,
+        height=HEIGHT)
+
+
+def save_reliability_png(frame: pd.DataFrame, path: str | Path, suptitle: str) -> Path:
+    """Static PNG of one reliability diagram per calibrator (a ``diagram_frame`` table)."""
+    def draw(ax: Axes, name: str) -> None:
+        bins = frame[(frame["calibrator"] == name)].dropna(subset=["accuracy"])
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+        ax.plot(bins["mean_confidence"], bins["accuracy"], "o-")
+        ax.set(title=name, xlabel="mean confidence", xlim=(0, 1), ylim=(0, 1.02))
+
+    return save_panels(list(dict.fromkeys(frame["calibrator"])), draw, path, suptitle,
+                       "pixel accuracy")
+
+
+def estimate_scatter(frame: pd.DataFrame, label: str, title: str) -> hv.Overlay:
+    """Estimated against true IoU (one point per row, hover shows ``label``) and y = x."""
+    data = frame.dropna(subset=["iou", "iou_estimated"])
+    points = hv.Scatter(data, "iou", ["iou_estimated", label]).opts(
+        size=7, alpha=0.7, tools=["hover"])
+    return identity_overlay(points, "iou", "iou_estimated").opts(
+        title=title, xlabel="true glacier IoU", ylabel="estimated glacier IoU", xlim=(0, 1),
+        ylim=(0, 1), width=WIDTH, height=HEIGHT)
+
+
+def save_scatter_png(levels: Mapping[str, pd.DataFrame], path: str | Path, suptitle: str) -> Path:
+    """Static PNG of estimated against true IoU, one panel per level."""
+    def draw(ax: Axes, level: str) -> None:
+        data = levels[level].dropna(subset=["iou", "iou_estimated"])
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+        ax.scatter(data["iou"], data["iou_estimated"], s=18, alpha=0.7)
+        ax.set(title=level, xlabel="true glacier IoU", xlim=(0, 1), ylim=(0, 1))
+
+    return save_panels(list(levels), draw, path, suptitle, "estimated glacier IoU")
+
+
+def save_vector_png(vectors: pd.DataFrame, path: str | Path, suptitle: str) -> Path:
+    """Static PNG of region vectors as each slot's change from the uniform start (1/12).
+
+    One panel per region of a ``vector_frame`` table (the weights themselves all look like
+    1/12 when a vector barely moved).
+    """
+    def draw(ax: Axes, region: str) -> None:
+        data = vectors[vectors["region"] == region]
+        ax.bar(data["slot"], data["change"])
+        ax.axhline(0.0, color="grey", linewidth=1)
+        ax.set(title=region, xlabel="slot")
+        ax.tick_params(axis="x", labelrotation=90)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+
+    return save_panels(list(dict.fromkeys(vectors["region"])), draw, path, suptitle,
+                       "weight − 1/12", panel_width=5.0)
+
+
+def band_rgb(conf: np.ndarray, band: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """RGB ``(H, W, 3)`` for static figures: confidence in grey, a band tinted cyan.
+
+    Invalid pixels are white; band pixels are half grey, half cyan (0, 0.9, 1).
+    """
+    grey = np.repeat(np.clip(np.asarray(conf, dtype=np.float32), 0, 1)[..., None], 3, axis=-1)
+    tinted = 0.5 * grey + 0.5 * np.array([0.0, 0.9, 1.0], dtype=np.float32)
+    rgb = np.where(np.asarray(band, bool)[..., None], tinted, grey)
+    return np.where(np.asarray(valid, bool)[..., None], rgb, 1.0).astype(np.float32)

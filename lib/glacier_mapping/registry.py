@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from glacier_mapping.store import file_digest
+from glacier_mapping.store import atomic_path, file_digest
 
 #: Environment variable naming a directory laid out like ``shared/real_scenes``.
 ENV_VAR = "GLACIER_MAPPING_REAL_SCENES"
@@ -203,29 +203,27 @@ def fetch(
 
 def _download(entry: RegistryEntry, name: str, target: Path) -> Path:
     """Download ``entry`` to ``target`` atomically, verifying the checksum first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(entry.url, timeout=60) as response, open(
-            temporary, "wb"
-        ) as handle:
+        with (
+            atomic_path(target) as temporary,
+            urllib.request.urlopen(entry.url, timeout=60) as response,
+            open(temporary, "wb") as handle,
+        ):
             while block := response.read(1 << 20):
                 digest.update(block)
                 handle.write(block)
-        if digest.hexdigest() != entry.sha256:
-            raise ChecksumMismatch(
-                f"Downloaded {entry.url} has sha256 {digest.hexdigest()}, expected "
-                f"{entry.sha256} for {name!r}; the upstream file changed or the transfer failed."
-            )
-        os.replace(temporary, target)
+            if digest.hexdigest() != entry.sha256:
+                raise ChecksumMismatch(
+                    f"Downloaded {entry.url} has sha256 {digest.hexdigest()}, expected "
+                    f"{entry.sha256} for {name!r}; the upstream file changed or the transfer "
+                    "failed."
+                )
     except (urllib.error.URLError, OSError) as error:
         raise RealSceneNotAvailable(
             f"Could not download {entry.url} ({error}); check the network or set ${ENV_VAR} to "
             "a local copy."
         ) from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return target
 
 

@@ -16,27 +16,10 @@ import pandas as pd
 
 from glacier_mapping.findings import VERDICT_MARKS, Finding, load_findings
 from glacier_mapping.machine import cpu_summary
+from glacier_mapping.metrics import load_metrics
 
-METRIC_COLUMNS: tuple[str, ...] = (
-    "chapter", "experiment", "model", "preset", "strategy", "sensors", "split", "region", "seed",
-    "metric", "value",
-)
 #: Columns of the metrics browser of "Results at a glance".
 BROWSER_COLUMNS: tuple[str, ...] = ("chapter", "experiment", "split", "region", "metric")
-
-
-def load_metrics(output_dir: str | Path) -> pd.DataFrame:
-    """All tidy metrics files of a run, concatenated (empty frame when there are none)."""
-    files = sorted((Path(output_dir) / "metrics").glob("*.csv"))
-    frames = [pd.read_csv(f, dtype={"seed": "string"}, keep_default_na=False) for f in files]
-    if not frames:
-        return pd.DataFrame(columns=list(METRIC_COLUMNS))
-    metrics = pd.concat(frames, ignore_index=True)
-    missing = set(METRIC_COLUMNS) - set(metrics.columns)
-    if missing:
-        raise ValueError(f"Metrics files in {output_dir}/metrics lack columns {sorted(missing)}.")
-    metrics["value"] = pd.to_numeric(metrics["value"], errors="coerce")
-    return metrics
 
 
 def paper_numbers() -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,19 +77,50 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (temporary name in the same directory, then rename)."""
+@contextmanager
+def atomic_path(path: str | Path, keep_failed: str | Path | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
+
+    The one atomic-replace helper of the project: write the file (or let a library write it)
+    at the yielded path; on success it is renamed over ``path`` in one step, on failure it is
+    removed (or renamed to ``keep_failed``, e.g. a failed notebook kept for its traceback), so
+    readers never see a half-written file. The temporary name keeps ``path``'s suffix (writers
+    that pick a format by suffix, such as Keras or GDAL, still work).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if keep_failed is not None and tmp.exists():
+            os.replace(tmp, keep_failed)
+        raise
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:  # noqa: ANN401
     """Write JSON atomically with stable formatting."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> Path:
+    """Copy ``source`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)
 
 
 class ArtifactStore:

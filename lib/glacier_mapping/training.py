@@ -6,12 +6,9 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -24,6 +21,8 @@ import tensorflow as tf
 from keras import ops
 
 from glacier_mapping.data.schema import GLACIER_CLASS
+from glacier_mapping.inference import predict_heads
+from glacier_mapping.store import atomic_copy, atomic_path, atomic_write_text
 
 OUTPUT_HEAD = "output"
 DEEP_SUPERVISION_HEAD = "deepsupervision"
@@ -509,8 +508,8 @@ class _RunTracker(keras.callbacks.Callback):
         last_model = f"last-epoch{completed:04d}.npz"
         _save_checkpoint(self.model, self.out_dir / last_model)
         if improved:
-            _copy_atomic(self.out_dir / last_model, self.out_dir / BEST_CHECKPOINT_FILE)
-        _write_atomic(self.out_dir / HISTORY_FILE, self.history.to_csv(index=False))
+            atomic_copy(self.out_dir / last_model, self.out_dir / BEST_CHECKPOINT_FILE)
+        atomic_write_text(self.out_dir / HISTORY_FILE, self.history.to_csv(index=False))
         previous_last = self.state["last_model"]
         self.state = {
             **self.state,
@@ -521,7 +520,7 @@ class _RunTracker(keras.callbacks.Callback):
             "best_value": value if improved else self.state["best_value"],
             "train_seconds": self.state["train_seconds"] + seconds,
         }
-        _write_atomic(self.out_dir / STATE_FILE, json.dumps(self.state, indent=2))
+        atomic_write_text(self.out_dir / STATE_FILE, json.dumps(self.state, indent=2))
         if previous_last and previous_last != last_model:
             (self.out_dir / previous_last).unlink(missing_ok=True)
         if self.verbose:
@@ -563,8 +562,6 @@ class _Validation:
 
     def __call__(self) -> dict[str, float]:
         """Evaluate the model on the whole validation dataset."""
-        from glacier_mapping.inference import predict_heads
-
         focal, iou = self.focal, self.iou
         iou.reset_state()
         loss_sums = dict.fromkeys(self.heads, 0.0)
@@ -808,26 +805,6 @@ def _check_restarts(restarts: tuple[int, ...], name: str) -> None:
         )
 
 
-def _replace_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")  # keeps the suffix
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file and an atomic rename."""
-    _replace_atomic(path, lambda temporary: temporary.write_text(text))
-
-
-def _copy_atomic(source: Path, path: Path) -> None:
-    """Copy a file through a temporary file and an atomic rename."""
-    _replace_atomic(path, lambda temporary: shutil.copyfile(source, temporary))
-
-
 def _checkpoint_variables(model: keras.Model) -> list[Any]:
     """The variables a checkpoint holds: the model's, then its optimizer's."""
     if getattr(model, "optimizer", None) is None:
@@ -843,11 +820,8 @@ def _save_checkpoint(model: keras.Model, path: Path) -> None:
     values = {f"v{index:05d}": ops.convert_to_numpy(variable)
               for index, variable in enumerate(_checkpoint_variables(model))}
 
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **values)
-
-    _replace_atomic(path, write)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **values)
 
 
 def restore_checkpoint(model: keras.Model, path: Path) -> None:
@@ -865,5 +839,6 @@ def restore_checkpoint(model: keras.Model, path: Path) -> None:
 
 
 def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    """Save a Keras native model through a temporary file and an atomic rename."""
-    _replace_atomic(path, model.save)
+    """Save a Keras native model atomically (:func:`glacier_mapping.store.atomic_path`)."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)

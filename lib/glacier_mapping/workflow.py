@@ -10,6 +10,7 @@ benchmark or any directory in its layout).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from glacier_mapping.config import Profile, load_profile
-from glacier_mapping.data.benchmark import (
-    BenchmarkFiles,
-    BenchmarkSpec,
-    build_benchmark,
-    open_benchmark,
-)
-from glacier_mapping.report import METRIC_COLUMNS
+from glacier_mapping.data.benchmark import BenchmarkFiles, build_benchmark, open_benchmark
+from glacier_mapping.distribute import training_strategy
+from glacier_mapping.metrics import write_metrics
 from glacier_mapping.store import ArtifactStore
 
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -58,6 +55,10 @@ class Context:
         """Where a chapter's tidy metrics go."""
         return self.output_dir / "metrics" / f"{chapter}.csv"
 
+    def write_metrics(self, chapter: str, rows: pd.DataFrame) -> Path:
+        """Write a chapter's tidy metrics (:func:`glacier_mapping.metrics.write_metrics`)."""
+        return write_metrics(self.metrics_path(chapter), chapter, rows)
+
     def figure_path(self, name: str) -> Path:
         """Where a chapter's static figures go."""
         return self.output_dir / "figures" / name
@@ -65,8 +66,6 @@ class Context:
 
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ and oneDNN start-up logs and its Python logger below errors."""
-    import logging
-
     for key, value in _QUIET.items():
         os.environ.setdefault(key, value)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -85,21 +84,6 @@ def data_fingerprint(files: BenchmarkFiles) -> str:
     return digest.hexdigest()[:16]
 
 
-def synthetic_spec(profile: Profile) -> BenchmarkSpec:
-    """The synthetic benchmark a profile asks for (its ``data`` section, with the run's seed)."""
-    data = dict(profile.data)
-    data.pop("synthetic", None)
-    for key in ("regions", "independent_regions", "temporal_regions", "later_dates", "split"):
-        if key in data and data[key] is not None:
-            data[key] = tuple(data[key])
-    try:
-        return BenchmarkSpec(**data, seed=profile.seed)
-    except TypeError as error:
-        raise ValueError(
-            f"Profile {profile.source}: the data section does not describe a benchmark: {error}"
-        ) from None
-
-
 def open_context(
     profile: str, data_dir: str | Path = "", output_dir: str | Path = "", seed: int | None = None
 ) -> Context:
@@ -113,9 +97,7 @@ def open_context(
     """
     quiet_tensorflow()
     loaded = load_profile(profile, seed=seed)
-    if loaded.training.get("distribute") == "multi-worker":
-        from glacier_mapping.distribute import training_strategy
-
+    if loaded.training.distribute == "multi-worker":
         training_strategy("multi-worker")  # TensorFlow's rule: before any other TF work
     out = Path(output_dir) if str(output_dir) else Path("..") / "outputs" / loaded.name
     out.mkdir(parents=True, exist_ok=True)
@@ -123,24 +105,9 @@ def open_context(
     if str(data_dir):
         files = open_benchmark(Path(data_dir))
         return Context(loaded, out, store, files, data_fingerprint(files), synthetic=False)
-    spec = synthetic_spec(loaded)
+    spec = loaded.data
     artifact = store.get_or_create(
         "benchmark", spec.to_dict(), lambda tmp: {"summary": str(build_benchmark(spec, tmp).root)}
     )
     files = open_benchmark(artifact.path)
     return Context(loaded, out, store, files, artifact.key, synthetic=True)
-
-
-def write_metrics(context: Context, chapter: str, rows: pd.DataFrame) -> Path:
-    """Write a chapter's tidy metrics atomically (columns of ``report.METRIC_COLUMNS``)."""
-    frame = rows.copy()
-    frame["chapter"] = chapter
-    for column in METRIC_COLUMNS:
-        if column not in frame:
-            frame[column] = ""
-    path = context.metrics_path(chapter)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame[list(METRIC_COLUMNS)].to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path

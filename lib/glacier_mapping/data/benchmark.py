@@ -21,7 +21,6 @@ between several matches.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from glacier_mapping.data.tiles import (
     open_tile_file,
     write_tiles,
 )
+from glacier_mapping.store import atomic_path, atomic_write_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 INDEPENDENT_SENSORS: tuple[str, ...] = ("optical", "dem")
@@ -283,27 +283,23 @@ def _scene_tiles(
 
 def _write_json(path: Path, payload: dict[str, object]) -> None:
     """Write JSON atomically."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _write_geotiff(path: Path, array: np.ndarray, scene: SyntheticScene, names: tuple[str, ...],
                    nodata: float) -> None:
     """Write an ``H x W x C`` array as a tiled, deflated GeoTIFF, atomically."""
     height, width, count = array.shape
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     profile = {
         "driver": "GTiff", "height": height, "width": width, "count": count,
         "dtype": array.dtype.name, "crs": scene.crs, "transform": scene.transform,
         "nodata": nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
         "compress": "deflate",
     }
-    with rasterio.open(temporary, "w", **profile) as dst:
+    with atomic_path(path) as temporary, rasterio.open(temporary, "w", **profile) as dst:
         dst.write(np.moveaxis(array, -1, 0))
         for band, name in enumerate(names, start=1):
             dst.set_band_description(band, name)
-    os.replace(temporary, path)
 
 
 def write_scene_files(scene: SyntheticScene, folder: Path, kind: str) -> Path:
@@ -331,9 +327,8 @@ def write_scene_files(scene: SyntheticScene, folder: Path, kind: str) -> Path:
         crs=scene.crs,
     )
     frame["area_km2"] = frame.geometry.area / 1e6
-    temporary = folder / f".reference.tmp-{os.getpid()}.gpkg"
-    frame.to_file(temporary, driver="GPKG", layer="glaciers")
-    os.replace(temporary, folder / "reference.gpkg")
+    with atomic_path(folder / "reference.gpkg") as temporary:
+        frame.to_file(temporary, driver="GPKG", layer="glaciers")
     meta = {
         "region": scene.region.code,
         "subregion": scene.region.subregion,

@@ -15,7 +15,6 @@ Normalisation statistics live in a JSON file beside the HDF5 files (``norm_stats
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import h5py
 import numpy as np
 
 from glacier_mapping.data.schema import LABEL_DATASET, NUM_CLASSES, SENSOR_CHANNELS, SENSORS
+from glacier_mapping.store import atomic_path, atomic_write_text
 
 #: Group attributes every tile must carry (the paper's layout).
 REQUIRED_ATTRS: tuple[str, ...] = (
@@ -120,11 +120,7 @@ class NormStats:
                 if name in self.minimum
             },
         }
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temporary.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(temporary, path)
-        return path
+        return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> NormStats:
@@ -272,26 +268,21 @@ def write_tiles(path: str | Path, tiles: Iterable[Tile]) -> int:
         ValueError: if two tiles share a name.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    try:
-        with h5py.File(temporary, "w") as handle:
-            for tile in tiles:
-                if tile.name in handle:
-                    raise ValueError(f"{path}: duplicate tile name {tile.name!r}.")
-                group = handle.create_group(tile.name)
-                for sensor, array in tile.features.items():
-                    group.create_dataset(sensor, data=array, dtype="f4", track_times=False)
-                if tile.labels is not None:
-                    group.create_dataset(
-                        LABEL_DATASET, data=tile.labels, dtype="f4", track_times=False
-                    )
-                for key in sorted(tile.attrs):
-                    group.attrs[key] = tile.attrs[key]
-                count += 1
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+        for tile in tiles:
+            if tile.name in handle:
+                raise ValueError(f"{path}: duplicate tile name {tile.name!r}.")
+            group = handle.create_group(tile.name)
+            for sensor, array in tile.features.items():
+                group.create_dataset(sensor, data=array, dtype="f4", track_times=False)
+            if tile.labels is not None:
+                group.create_dataset(
+                    LABEL_DATASET, data=tile.labels, dtype="f4", track_times=False
+                )
+            for key in sorted(tile.attrs):
+                group.attrs[key] = tile.attrs[key]
+            count += 1
     return count
 
 

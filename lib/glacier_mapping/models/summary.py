@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from glacier_mapping.models import build_model, count_parameters
 from glacier_mapping.models.presets import PRESETS
 
 
@@ -20,8 +21,6 @@ def parameter_table(
     Counted on the test model (no auxiliary head), so GlaViTU ``paper`` at 384 px is comparable
     with the original's 10,031,938.
     """
-    from glacier_mapping.models import build_model, count_parameters
-
     rows = []
     for architecture in architectures:
         for preset in presets or PRESETS:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from glacier_mapping.data.schema import LOCATION_INPUT, REGION_CODES, SENSOR_CHA
 from glacier_mapping.models.blocks import count_parameters
 from glacier_mapping.models.glavitu import build_glavitu
 from glacier_mapping.models.presets import get_preset
+from glacier_mapping.store import atomic_path, atomic_write_text
 
 PRESET = "paper"
 GLAVITU_GROUPS = ("fusion_block", "SETR", "ResUNet", "deepsupervision", "output")
@@ -303,14 +303,6 @@ def parse_weights_name(file_name: str) -> dict[str, str | None]:
     return parsed
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(tmp, path)
-
-
 def export_imported_model(h5_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Import an original weights file and save ``model.keras`` plus ``model_card.json``.
 
@@ -320,11 +312,8 @@ def export_imported_model(h5_path: str | os.PathLike, out_dir: str | os.PathLike
     h5_path, out_dir = Path(h5_path), Path(out_dir)
     model = import_original_weights(h5_path)
     layout = read_layout(h5_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".keras")
-    os.close(fd)
-    model.save(tmp)
-    os.replace(tmp, out_dir / "model.keras")
+    with atomic_path(out_dir / "model.keras") as temporary:
+        model.save(temporary)
     parsed = parse_weights_name(h5_path.name)
     card = {
         "architecture": "glavitu",
@@ -342,5 +331,5 @@ def export_imported_model(h5_path: str | os.PathLike, out_dir: str | os.PathLike
         "regions": parsed.get("regions"),
         "data_track": parsed.get("track"),
     }
-    _atomic_write_text(out_dir / "model_card.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(out_dir / "model_card.json", json.dumps(card, indent=2) + "\n")
     return out_dir

@@ -8,18 +8,15 @@ import keras
 import numpy as np
 import pytest
 
+from glacier_mapping.chapters.glavitu_training import predict_test
 from glacier_mapping.config import ProfileError, load_profile
 from glacier_mapping.data.benchmark import BenchmarkFiles
 from glacier_mapping.data.tiles import make_tile, write_tiles
-from glacier_mapping.parallel import available_cores, run_groups, worker_threads
+from glacier_mapping.experiments.runner import train_experiment, train_experiments
+from glacier_mapping.experiments.strategies import ExperimentSpec
+from glacier_mapping.predictions import predict_split
+from glacier_mapping.scheduling import available_cores, run_groups, worker_threads
 from glacier_mapping.store import ArtifactStore
-from glacier_mapping.strategies import (
-    ExperimentSpec,
-    predict_split,
-    predict_test,
-    train_experiment,
-    train_experiments,
-)
 from glacier_mapping.workflow import Context
 
 SIZE, PATCH = 32, 16
@@ -48,7 +45,7 @@ def benchmark(tmp_path_factory):
 def _context(benchmark, out, workers):
     profile = load_profile("smoke")
     profile = dataclasses.replace(
-        profile, training={**profile.training, "parallel_experiments": workers})
+        profile, training=dataclasses.replace(profile.training, parallel_experiments=workers))
     return Context(profile, out, ArtifactStore(out / "cache"), benchmark, "k", True)
 
 

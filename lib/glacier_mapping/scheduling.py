@@ -1,4 +1,6 @@
-"""Independent experiments in worker processes, one TensorFlow runtime each.
+"""Where and when work runs: worker processes for independent tasks, and model reuse in one.
+
+Workers: independent experiments run in worker processes, one TensorFlow runtime each.
 
 Training the book's small models leaves part of a 2-core CPU idle: tracing a train step is
 single-threaded Python, and convolutions over 64 px patches parallelise poorly. Each worker
@@ -11,6 +13,10 @@ The thread count changes the floating-point sums of gradients, so a model's weig
 depend on whether it was trained in a worker or here. When the profile allows workers, every
 task of :func:`run_groups` (training, bias optimisation) therefore runs in a worker, even a
 single one, and results do not depend on which tasks the store already held (tested).
+
+Model reuse: :class:`ModelPool` keeps the last few models built in this process, one per build
+(architecture, inputs, preset), so the next training or prediction of the same build reuses the
+model and its traced functions instead of building and tracing them again.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from glacier_mapping.workflow import Context
+from glacier_mapping.lazy import lazy_module
+from glacier_mapping.workflow import Context, quiet_tensorflow
+
+tf = lazy_module("tensorflow")
 
 Item = TypeVar("Item")
 
@@ -38,7 +46,7 @@ _IN_WORKER = False
 
 def worker_count(context: Context) -> int:
     """Worker processes the profile allows (``training.parallel_experiments``, default 1)."""
-    return int(context.profile.training.get(WORKERS_SETTING, 1))
+    return context.profile.training.parallel_experiments
 
 
 def uses_workers(context: Context) -> bool:
@@ -108,12 +116,8 @@ def run_groups(
 def _start_worker(threads: int) -> None:
     """Worker side, once: quiet TensorFlow and give it ``threads`` threads."""
     global _IN_WORKER
-    from glacier_mapping.workflow import quiet_tensorflow
-
     _IN_WORKER = True
     quiet_tensorflow()
-    import tensorflow as tf
-
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
@@ -125,3 +129,26 @@ def _run_group(context: Context, task: Callable[[Context, Item], None], group: l
         for item in group:
             task(context, item)
     return printed.getvalue()
+
+
+class ModelPool:
+    """The last few models built in this process, one per build, for reuse.
+
+    A build is what a model's variables depend on (architecture, inputs, preset). Each entry
+    remembers the key of the model artifact whose weights it holds, if any, so a model that
+    already holds the weights asked for is not even reloaded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._models: dict[Any, tuple[Any, str | None]] = {}
+
+    def take(self, build: Any) -> tuple[Any, str | None]:  # noqa: ANN401
+        """Remove and return ``(model, holds)`` of a build, or ``(None, None)``."""
+        return self._models.pop(build, (None, None))
+
+    def keep(self, build: Any, model: Any, holds: str | None = None) -> None:  # noqa: ANN401
+        """Keep ``model`` as the most recent of its build, forgetting the oldest beyond size."""
+        self._models[build] = (model, holds)
+        while len(self._models) > self.size:
+            self._models.pop(next(iter(self._models)))

@@ -10,18 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import h5py
 import pandas as pd
 
+from glacier_mapping.data.splits import regions_with_sensors
+from glacier_mapping.experiments.runner import Experiment
+from glacier_mapping.experiments.strategies import ExperimentSpec, global_experiment
+from glacier_mapping.metrics import evaluation_rows, model_columns
+from glacier_mapping.predictions import evaluate_split, predict_split
 from glacier_mapping.store import Artifact
-from glacier_mapping.strategies import (
-    ExperimentSpec,
-    TrainedModel,
-    evaluate_split,
-    global_experiment,
-    predict_split,
-    tidy_metrics,
-)
 from glacier_mapping.uncertainty import seed_interval
 from glacier_mapping.workflow import Context
 
@@ -34,22 +30,12 @@ SENSOR_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _regions_with(path: str, sensors: Sequence[str]) -> set[str]:
-    """Regions of a tile file whose every tile carries all ``sensors``."""
-    has: dict[str, bool] = {}
-    with h5py.File(path, "r") as handle:
-        for group in handle.values():
-            region = group.attrs["region"]
-            region = region.decode() if isinstance(region, bytes) else str(region)
-            has[region] = has.get(region, True) and all(s in group for s in sensors)
-    return {region for region, ok in has.items() if ok}
-
-
 def ablation_regions(context: Context) -> dict[str, list[str]]:
     """For each sensor set, the regions whose training and test tiles carry all its sensors."""
     bench = context.benchmark
     return {
-        name: sorted(_regions_with(bench.train, sensors) & _regions_with(bench.test, sensors))
+        name: sorted(regions_with_sensors(bench.train, sensors)
+                     & regions_with_sensors(bench.test, sensors))
         for name, sensors in SENSOR_SETS.items()
     }
 
@@ -86,11 +72,12 @@ def ablation_experiments(
             "No region carries every sensor (optical, DEM, SAR, coherence, thermal); the "
             "ablation needs at least one. Check the benchmark's sensor availability (chapter 01)."
         )
-    seeds = list(seeds or context.profile.experiments["ablation_seeds"])
+    settings = context.profile.experiments
+    seeds = list(seeds or settings.ablation_seeds)
     sets = ablation_sets(context)
     base = global_experiment(context, regions=regions)
-    epochs = context.profile.experiments.get("ablation_epochs", base.epochs)
-    preset = context.profile.experiments.get("ablation_preset", base.preset)
+    epochs = settings.ablation_epochs or base.epochs
+    preset = settings.ablation_preset or base.preset
     base = dataclasses.replace(base, epochs=epochs, preset=preset,
                                restart_epochs=tuple(e for e in base.restart_epochs if e < epochs)
                                + (epochs,))
@@ -107,7 +94,7 @@ def ablation_sets(context: Context) -> dict[str, tuple[str, ...]]:
         ValueError: for a name that is not in :data:`SENSOR_SETS` or a list without the
             optical + DEM baseline.
     """
-    names = context.profile.experiments.get("ablation_sets", list(SENSOR_SETS))
+    names = list(context.profile.experiments.ablation_sets or SENSOR_SETS)
     unknown = [name for name in names if name not in SENSOR_SETS]
     if unknown or BASELINE not in names:
         raise ValueError(
@@ -117,13 +104,13 @@ def ablation_sets(context: Context) -> dict[str, tuple[str, ...]]:
     return {name: SENSOR_SETS[name] for name in names}
 
 
-def predict_ablation_test(context: Context, trained: TrainedModel) -> Artifact:
+def predict_ablation_test(context: Context, trained: Experiment) -> Artifact:
     """Test predictions of an ablation model on its regions (an ``after`` of train_experiments)."""
     return predict_split(context, trained, "test", regions=list(trained.spec.regions))
 
 
 def evaluate_ablation(
-    context: Context, trained: Sequence[TrainedModel], chapter: str = "04_sar_thermal_ablation",
+    context: Context, trained: Sequence[Experiment]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Test IoU per region, sensor set and seed, and the same as tidy metric rows.
 
@@ -136,7 +123,8 @@ def evaluate_ablation(
         spec = model.spec
         predictions = predict_ablation_test(context, model)
         evaluation = evaluate_split(context, predictions)
-        tidy.append(tidy_metrics(evaluation, model, chapter, "test"))
+        tidy.append(evaluation_rows(evaluation, experiment=spec.name, **model_columns(spec),
+                                    split="test"))
         for row in evaluation[evaluation.level == "region"].itertuples():
             rows.append({"region": row.region, "sensor set": sensor_set_name(spec.sensors),
                          "seed": spec.seed, "trained on": "+".join(spec.regions),
@@ -169,4 +157,6 @@ def compare_to_baseline(per_seed: pd.DataFrame) -> pd.DataFrame:
                      "baseline IoU": group["iou baseline"].mean(), "IoU": group["iou"].mean(),
                      "mean difference": estimate.value, "interval low": estimate.low,
                      "interval high": estimate.high, "verdict": verdict})
-    return pd.DataFrame(rows).set_index(["region", "sensor set"])
+    columns = ["region", "sensor set", "seeds", "baseline IoU", "IoU", "mean difference",
+               "interval low", "interval high", "verdict"]  # no rows: only the baseline ran
+    return pd.DataFrame(rows, columns=columns).set_index(["region", "sensor set"])

@@ -1,14 +1,7 @@
-"""Glue for chapter 08: deploy a model on a benchmark scene, and the Everest Landsat 7 experiment.
+"""The Everest study: a model for a new sensor trained and tested on one real Landsat 7 scene.
 
-Two experiments share this module.
-
-*Synthetic scene deployment*: the global model of chapter 02 is run with
-:func:`glacier_mapping.deploy.deploy_scene` on one independent scene of the benchmark, read
-from its GeoTIFFs as a user would hold them, and the written class raster is compared with the
-scene's reference raster.
-
-*Everest* (``real_scenes/everest_landsat7``, Landsat 7 ETM+, 2000-10-30, 30 m, 655 x 800 px):
-a small model (the profile's ``everest_architecture``: DeepLabv3+ or GlaViTU) is trained on
+The scene (``real_scenes/everest_landsat7``, Landsat 7 ETM+, 2000-10-30, 30 m, 655 x 800 px):
+a small model (``experiments.everest_architecture``: DeepLabv3+ or GlaViTU) is trained on
 one part of the scene against the RGI 6.0 mask and evaluated on a disjoint part, beside a
 naive brightness threshold. The scene has red, green, blue and NIR as 8-bit DN, no SWIR and
 no DEM, so:
@@ -35,217 +28,71 @@ season, which flatters every method equally (model and threshold).
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import shutil
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
 from affine import Affine
 from rasterio.warp import transform_bounds
 
-from glacier_mapping.config import Profile
-from glacier_mapping.convergence import assess
-from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
+from glacier_mapping.config import DEFAULT_LEARNING_RATE, Profile
 from glacier_mapping.data.tiles import NormStats, Tile, make_tile
-from glacier_mapping.deploy import DeploymentSummary, deploy_scene
 from glacier_mapping.evaluation import confusion_counts, metrics_from_counts
-from glacier_mapping.models import ARCHITECTURES
+from glacier_mapping.experiments.strategies import ARCHITECTURES
+from glacier_mapping.lazy import lazy_module
+from glacier_mapping.metrics import count_rows
 from glacier_mapping.registry import EverestScene
-from glacier_mapping.store import Artifact, atomic_write_json, file_digest
+from glacier_mapping.store import Artifact, file_digest
+from glacier_mapping.trained_models import TrainedModel, TrainingSetup, train_cached
 from glacier_mapping.workflow import Context
+
+inference = lazy_module("glacier_mapping.inference")
+keras = lazy_module("keras")
+models = lazy_module("glacier_mapping.models")
+patches = lazy_module("glacier_mapping.data.patches")
+training = lazy_module("glacier_mapping.training")
 
 #: Region label of the Everest experiment in the metrics files.
 EVEREST_REGION = "HMA-Everest"
+
+
 #: Largest 8-bit DN; optical features are DN / DN_MAX.
 DN_MAX = 255.0
+
+
 #: The README's naive baseline: glacier where the mean of red, green and blue DN exceeds this.
 BRIGHTNESS_THRESHOLD = 200.0
+
+
 #: Band order of the Everest optical array (the schema's); SWIR bands are zero-filled.
 EVEREST_FILLED_BANDS: tuple[str, ...] = ("swir1", "swir2")
+
+
 #: Bands of the Everest optical array that come from the files (the first four).
 EVEREST_FILE_BANDS = 4
+
+
 #: Patch size of the Everest model in every profile (the scene is only 800 px wide).
 EVEREST_PATCH = 64
+
+
 #: Splits: "<training side>-<held-out side>".
 SPLITS: tuple[str, ...] = ("west-east", "east-west", "north-south", "south-north")
+
+
 #: Rough illumination classes of :func:`illumination_classes`.
 ILLUMINATION_CLASSES: tuple[str, ...] = ("bright", "dark, bluish", "dark, not bluish")
+
+
 #: Parts of a split that are evaluated (held out, validation strip).
 EVALUATED_PARTS: tuple[str, ...] = ("test", "val")
-REFERENCE_NODATA = 255
+
+
 METRICS: tuple[str, ...] = ("iou", "precision", "recall")
-
-
-# --------------------------------------------------------------------------- synthetic scene
-
-
-def find_calibrator(output_dir: str | Path, model_name: str | None = None) -> Path | None:
-    """A calibrator JSON in ``output_dir/calibration`` (chapter 05's), or None.
-
-    Args:
-        output_dir: ``outputs/<profile>``.
-        model_name: Experiment name of the model (chapter 05 writes ``<name>.json``); only that
-            file is considered. None: the first file (sorted by name) that loads.
-
-    Files that do not load as a calibrator (reliability tables, other JSON) are skipped.
-    """
-    from glacier_mapping.calibration import load_calibrator
-
-    folder = Path(output_dir) / "calibration"
-    candidates = ([folder / f"{model_name}.json"] if model_name
-                  else sorted(folder.glob("*.json")) if folder.is_dir() else [])
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            load_calibrator(path)
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-            continue
-        return path
-    return None
-
-
-def scene_info(folder: str | Path) -> dict[str, Any]:
-    """The ``scene.json`` of a benchmark scene folder (region, date, kind, ...)."""
-    return json.loads((Path(folder) / "scene.json").read_text())
-
-
-def pick_scene(scenes: Sequence[Path], name: str = "") -> Path:
-    """The scene folder called ``name``; by default the first never-seen (``spatial``) one.
-
-    Raises:
-        ValueError: if there is no scene or no scene of that name.
-    """
-    if not scenes:
-        raise ValueError("The benchmark has no independent scenes (independent/*/optical.tif).")
-    if name:
-        chosen = [folder for folder in scenes if folder.name == name]
-        if not chosen:
-            raise ValueError(f"No scene {name!r}; available: {[f.name for f in scenes]}.")
-        return chosen[0]
-    spatial = [folder for folder in scenes if scene_info(folder).get("kind") == "spatial"]
-    return (spatial or list(scenes))[0]
-
-
-def open_benchmark_scene(folder: str | Path) -> SceneSource:
-    """A benchmark scene's GeoTIFFs as a :class:`SceneSource` (slope derived from the DEM).
-
-    ``optical.tif`` holds the six schema bands as reflectance; ``dem.tif`` band 1 is the
-    elevation (its band 2, slope, is recomputed by the source as deployment does for users).
-    """
-    folder = Path(folder)
-    info = scene_info(folder)
-    return SceneSource(folder / "optical.tif", list(OPTICAL_BANDS), dem=folder / "dem.tif",
-                       name=folder.name, date=info.get("date"))
-
-
-@contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Hide a logger's warnings for a block (their text is kept in the deployment notes)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def deploy_benchmark_scene(
-    context: Context, model_path: str | Path, folder: str | Path,
-    calibrator: str | Path | None = None,
-) -> DeploymentSummary:
-    """Deploy a model on a benchmark scene into ``outputs/<profile>/deployment/<scene>/``.
-
-    The benchmark's normalisation statistics are passed explicitly, so the model sees the
-    same normalisation as in training. Warnings of the deployment (e.g. "no calibrator") are
-    not logged; they are in the returned summary's ``notes``.
-    """
-    folder = Path(folder)
-    out_dir = context.output_dir / "deployment" / folder.name
-    with open_benchmark_scene(folder) as source, _quiet("glacier_mapping.deploy"):
-        return deploy_scene(source, model_path, out_dir, calibrator_path=calibrator,
-                            norm_stats=context.benchmark.stats(), progress=False)
-
-
-def read_band(path: str | Path, band: int = 1) -> np.ndarray:
-    """One raster band as float32 with nodata as NaN."""
-    with rasterio.open(path) as dataset:
-        return dataset.read(band, masked=True).astype(np.float32).filled(np.nan)
-
-
-def read_optical(folder: str | Path) -> np.ndarray:
-    """A benchmark scene's optical bands ``(H, W, 6)`` (reflectance, NaN for nodata)."""
-    with rasterio.open(Path(folder) / "optical.tif") as dataset:
-        data = dataset.read(masked=True).astype(np.float32).filled(np.nan)
-    return np.moveaxis(data, 0, -1)
-
-
-def compare_with_reference(class_path: str | Path, reference_path: str | Path) -> dict[str, int]:
-    """Confusion counts of a deployed class raster against a reference raster (same grid).
-
-    Pixels that are nodata in either raster are left out.
-
-    Raises:
-        ValueError: if the two rasters are not on the same grid.
-    """
-    with rasterio.open(class_path) as predicted, rasterio.open(reference_path) as reference:
-        if (predicted.shape != reference.shape or predicted.crs != reference.crs
-                or not predicted.transform.almost_equals(reference.transform)):
-            raise ValueError(f"{class_path} and {reference_path} are not on the same grid.")
-        pred = predicted.read(1, masked=True)
-        ref = reference.read(1, masked=True)
-    valid = ~(np.ma.getmaskarray(pred) | np.ma.getmaskarray(ref))
-    return confusion_counts(np.where(valid, pred.filled(0), 0), np.where(valid, ref.filled(0), 0),
-                            valid)
-
-
-def largest_polygons(gpkg: str | Path, count: int = 10) -> pd.DataFrame:
-    """The ``count`` largest deployed polygons: id, area (km²), mean confidence, pixels."""
-    frame = gpd.read_file(gpkg)
-    columns = ["glacier_id", "area_km2", "mean_confidence", "pixel_count"]
-    table = pd.DataFrame(frame[columns]).sort_values("area_km2", ascending=False).head(count)
-    return table.reset_index(drop=True).round({"area_km2": 3, "mean_confidence": 3})
-
-
-def polygon_outlines(gpkg: str | Path, grid: Mapping[str, Any], count: int = 10,
-                     ) -> list[np.ndarray]:
-    """Exterior rings of the ``count`` largest polygons in km from the grid's lower-left corner.
-
-    Args:
-        gpkg: the deployed ``glaciers.gpkg``.
-        grid: ``DeploymentSummary.grid`` (``transform`` as 6 numbers, ``height``); rings match
-            the km axes of :mod:`glacier_mapping.plots` rasters of that grid.
-        count: how many polygons.
-    """
-    _, _, left, _, e, top = (float(v) for v in grid["transform"][:6])
-    bottom = top + e * int(grid["height"])
-    frame = gpd.read_file(gpkg).sort_values("area_km2", ascending=False).head(count)
-    rings = []
-    for geometry in frame.geometry:
-        for part in getattr(geometry, "geoms", [geometry]):
-            xy = np.asarray(part.exterior.coords)
-            rings.append(np.column_stack([(xy[:, 0] - left) / 1000.0,
-                                          (xy[:, 1] - bottom) / 1000.0]))
-    return rings
-
-
-def metric_rows(counts: Mapping[str, float], metrics: Sequence[str] = METRICS,
-                **columns: Any) -> pd.DataFrame:  # noqa: ANN401
-    """Tidy metric rows (``metric``, ``value`` plus the given columns) from confusion counts."""
-    values = metrics_from_counts(counts)
-    return pd.DataFrame([{**columns, "metric": name, "value": values[name]} for name in metrics])
-
-
-# --------------------------------------------------------------------------- Everest
 
 
 @dataclass(frozen=True)
@@ -264,7 +111,7 @@ class EverestSettings:
         split: ``"<training side>-<held-out side>"``, one of :data:`SPLITS`.
         gap: Pixels left out between the training and held-out sides (>= patch_size).
         val_size: Pixels of the validation strip cut from the training side.
-        bn_momentum: Momentum of every BatchNormalization layer during training (the
+        batchnorm_momentum: Momentum of every BatchNormalization layer during training (the
             profile's ``training.batchnorm_momentum``); None keeps Keras's 0.99.
         seed: Training seed.
         run_eagerly: Train without graph tracing (the smoke profile's few steps).
@@ -276,11 +123,11 @@ class EverestSettings:
     batch_size: int = 8
     epochs: int = 10
     steps_per_epoch: int = 40
-    learning_rate: float = 5e-4
+    learning_rate: float = DEFAULT_LEARNING_RATE
     split: str = "west-east"
     gap: int = EVEREST_PATCH
     val_size: int = 2 * EVEREST_PATCH
-    bn_momentum: float | None = None
+    batchnorm_momentum: float | None = None
     seed: int = 0
     run_eagerly: bool = False
 
@@ -288,8 +135,9 @@ class EverestSettings:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}: choose one of "
                              f"{list(ARCHITECTURES)} (experiments.everest_architecture).")
-        if self.bn_momentum is not None and not 0.0 < self.bn_momentum < 1.0:
-            raise ValueError(f"bn_momentum={self.bn_momentum} must be None or lie in (0, 1).")
+        if self.batchnorm_momentum is not None and not 0.0 < self.batchnorm_momentum < 1.0:
+            raise ValueError(f"batchnorm_momentum={self.batchnorm_momentum} must be None or "
+                             "lie in (0, 1).")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r}: choose one of {list(SPLITS)}.")
         if self.gap < self.patch_size:
@@ -309,17 +157,15 @@ def everest_settings(profile: Profile, split: str = "west-east",
     """
     training, experiments = profile.training, profile.experiments
     return EverestSettings(
-        preset="tiny" if profile.model["preset"] == "tiny" else "small",
-        architecture=str(experiments.get("everest_architecture", "glavitu")),
-        batch_size=int(training["batch_size"]),
-        epochs=int(experiments["scene_epochs"]),
-        steps_per_epoch=int(experiments.get("everest_steps_per_epoch",
-                                            training["steps_per_epoch"])),
-        learning_rate=float(experiments.get("everest_learning_rate",
-                                            training.get("learning_rate", 5e-4))),
+        preset="tiny" if profile.model.preset == "tiny" else "small",
+        architecture=experiments.everest_architecture,
+        batch_size=training.batch_size,
+        epochs=experiments.scene_epochs,
+        steps_per_epoch=experiments.everest_steps_per_epoch or training.steps_per_epoch,
+        learning_rate=experiments.everest_learning_rate or training.learning_rate,
         split=split, seed=profile.seed if seed is None else seed,
-        bn_momentum=training.get("batchnorm_momentum"),
-        run_eagerly=bool(training.get("run_eagerly", False)),
+        batchnorm_momentum=training.batchnorm_momentum,
+        run_eagerly=training.run_eagerly,
     )
 
 
@@ -485,18 +331,8 @@ def scene_checksums(scene: EverestScene) -> dict[str, str]:
     return {role: file_digest(getattr(scene, role)) for role in ("rgb", "nir", "mask")}
 
 
-@dataclass(frozen=True)
-class EverestModel:
-    """The trained Everest model: settings, artifact, card."""
-
-    settings: EverestSettings
-    artifact: Artifact
-    card: dict[str, Any]
-
-    @property
-    def model_path(self) -> Path:
-        """The best checkpoint (Keras native format)."""
-        return self.artifact.file("model.keras")
+#: A trained Everest model.
+EverestModel = TrainedModel[EverestSettings]
 
 
 def train_everest(context: Context, scene: EverestScene, settings: EverestSettings,
@@ -505,46 +341,34 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
 
     The model and its card are also copied to ``outputs/<profile>/models/everest-<arch>``.
     """
-    import keras
-
-    from glacier_mapping.data.patches import make_patch_dataset
-    from glacier_mapping.models import build_model, count_parameters
-    from glacier_mapping.training import TrainConfig, train_model
-
     checksums = scene_checksums(scene)
     name = f"everest-{settings.architecture}"
 
-    def build(directory: Path) -> dict[str, Any]:
+    def setup() -> TrainingSetup:
         data = load_everest(scene)
         parts = split_parts(data.shape, settings.split, settings.gap, settings.val_size)
         stats = everest_norm_stats(data, parts["train"])
         size = settings.patch_size
         train = [everest_tile(data, stats, parts["train"], "EVEREST-0-0", size)]
         val = [everest_tile(data, stats, parts["val"], "EVEREST-1-0", size)]
-        steps = settings.epochs * settings.steps_per_epoch
         if verbose:
             print(f"Training {name} ({settings.architecture}/{settings.preset}, optical "
                   f"without SWIR, {settings.epochs} epochs of {settings.steps_per_epoch} steps)")
         keras.utils.set_random_seed(settings.seed)  # initial weights: the seed, not history
-        model = build_model(settings.architecture, ("optical",), size, settings.preset)
+        model = models.build_model(settings.architecture, ("optical",), size, settings.preset)
         common = dict(sensors=("optical",), patch_size=size, batch_size=settings.batch_size,
                       seed=settings.seed, deep_supervision=settings.architecture == "glavitu")
-        train_ds = make_patch_dataset(train, mode="random", augment=True, **common)
-        val_ds = make_patch_dataset(val, mode="sequential", augment=False, label_smoothing=0.0,
-                                    **common)
-        config = TrainConfig(epochs=settings.epochs, steps_per_epoch=settings.steps_per_epoch,
-                             learning_rate=settings.learning_rate,
-                             restart_epochs=(settings.epochs,), seed=settings.seed,
-                             batchnorm_momentum=settings.bn_momentum,
-                             run_eagerly=settings.run_eagerly)
-        result = train_model(model, train_ds, val_ds, config, directory / "training",
-                             verbose=verbose)
-        shutil.copyfile(result.best_model_path, directory / "model.keras")
-        result.history.to_csv(directory / "history.csv", index=False)
+        train_ds = patches.make_patch_dataset(train, mode="random", augment=True, **common)
+        val_ds = patches.make_patch_dataset(val, mode="sequential", augment=False,
+                                            label_smoothing=0.0, **common)
+        config = training.TrainConfig(
+            epochs=settings.epochs, steps_per_epoch=settings.steps_per_epoch,
+            learning_rate=settings.learning_rate, restart_epochs=(settings.epochs,),
+            seed=settings.seed, batchnorm_momentum=settings.batchnorm_momentum,
+            run_eagerly=settings.run_eagerly)
         card = {
             "name": name, "architecture": settings.architecture, "preset": settings.preset,
-            "strategy": "single scene", "sensors": ["optical"], "location": None,
-            "patch_size": size, "parameter_count": count_parameters(model),
+            "strategy": "single scene", "sensors": ("optical",), "patch_size": size,
             "training_data": {"scene": "everest_landsat7", "sha256": checksums,
                               "split": settings.split,
                               "train_window": _window_text(parts["train"]),
@@ -552,35 +376,12 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
                               "held_out_window": _window_text(parts["test"])},
             "bands": {"blue": "RGB band 3", "green": "RGB band 2", "red": "RGB band 1",
                       "nir": "B4", "swir1": "zero-filled", "swir2": "zero-filled"},
-            "seed": settings.seed, "epochs": result.epochs_run, "steps": steps,
-            "learning_rate": settings.learning_rate, "bn_momentum": settings.bn_momentum,
-            "best_epoch": result.best_epoch, "best_validation_value": result.best_value,
-            "convergence": assess(result.history).to_json(),
-            "train_seconds": round(result.train_seconds, 1),
-            "norm_stats": {"source": stats.source,
-                           "sensors": {"optical": {"min": stats.minimum["optical"],
-                                                   "max": stats.maximum["optical"]}}},
         }
-        atomic_write_json(directory / "model_card.json", card)
-        shutil.rmtree(directory / "training")
-        return {"train_seconds": card["train_seconds"]}
+        return TrainingSetup(model, train_ds, val_ds, config, stats, card)
 
-    params = {**dataclasses.asdict(settings), "files": checksums, "version": 2}
-    artifact = context.store.get_or_create("everest-model", params, build, resumable=True)
-    card = json.loads(artifact.file("model_card.json").read_text())
-    target = context.output_dir / "models" / name
-    target.mkdir(parents=True, exist_ok=True)
-    for file_name in ("model.keras", "model_card.json", "history.csv"):
-        shutil.copyfile(artifact.file(file_name), target / f".{file_name}.tmp")
-        (target / f".{file_name}.tmp").replace(target / file_name)
-    return EverestModel(settings, artifact, card)
-
-
-def card_norm_stats(card: Mapping[str, Any]) -> NormStats:
-    """The normalisation statistics written in an Everest model card."""
-    optical = card["norm_stats"]["sensors"]["optical"]
-    return NormStats({"optical": list(optical["min"])}, {"optical": list(optical["max"])},
-                     source=str(card["norm_stats"].get("source", "model card")))
+    params = {**dataclasses.asdict(settings), "files": checksums, "version": 3}
+    artifact, card = train_cached(context, "everest-model", params, setup, verbose=verbose)
+    return TrainedModel(settings, artifact, card)
 
 
 def _window_text(window: Window) -> str:
@@ -600,20 +401,16 @@ def predict_everest(context: Context, trained: EverestModel, scene: EverestScene
         scene: The scene files.
         part: ``"test"`` (held out) or ``"val"`` (the validation strip).
     """
-    from glacier_mapping.inference import predict_array
-
     if part not in EVALUATED_PARTS:
         raise ValueError(f"part={part!r}: choose one of {list(EVALUATED_PARTS)}.")
     settings = trained.settings
 
     def build(directory: Path) -> dict[str, Any]:
-        from glacier_mapping.models import load_model
-
         data = load_everest(scene)
         window = split_parts(data.shape, settings.split, settings.gap, settings.val_size)[part]
-        model = load_model(trained.model_path)
-        features = model_features(data, card_norm_stats(trained.card), window)
-        probs = predict_array(model, {"optical": features}, settings.patch_size)
+        features = model_features(data, trained.norm_stats(), window)
+        probs = inference.predict_array(trained.load(), {"optical": features},
+                                        settings.patch_size)
         np.save(directory / "probs.npy", probs[..., 1].astype(np.float16))
         return {"pixels": int(probs.shape[0] * probs.shape[1])}
 
@@ -660,8 +457,8 @@ class EverestResult:
         return float(table.loc[self.model_name, "iou"] - table.loc["threshold", "iou"])
 
     def tidy(self, **columns: Any) -> pd.DataFrame:  # noqa: ANN401
-        """Metrics rows for :func:`glacier_mapping.workflow.write_metrics`."""
-        frames = [metric_rows(counts, model=name, **columns)
+        """Metrics rows (:mod:`glacier_mapping.metrics`) of every method."""
+        frames = [count_rows(counts, METRICS, model=name, **columns)
                   for name, counts in self.counts.items()]
         return pd.concat(frames, ignore_index=True)
 
@@ -741,3 +538,4 @@ def errors_by_illumination(data: EverestData, result: EverestResult) -> pd.DataF
             "model false-positive rate": model[off].mean() if off.any() else np.nan,
         }
     return pd.DataFrame(rows).T.astype(float)
+

@@ -1,0 +1,36 @@
+"""The one lazy importer: TensorFlow-heavy modules named at the top of a file, loaded on first use.
+
+Importing TensorFlow takes seconds, and processes that never run a model (the runner, the CLI's
+checks, the findings and the Results page) should not pay for it. A module that needs one of the
+TensorFlow-backed modules for some of its functions names it at the top with::
+
+    training = lazy_module("glacier_mapping.training")
+
+so its dependencies stay visible in one place, and the module is executed the first time one of
+its attributes is used. Modules already imported are returned as they are.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+
+
+def lazy_module(name: str) -> ModuleType:
+    """Module ``name``, executed on first attribute access (``importlib.util.LazyLoader``)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:  # as the import system does: a submodule is an attribute of its package
+        setattr(importlib.import_module(parent), child, module)
+    return module
