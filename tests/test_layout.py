@@ -56,6 +56,14 @@ def test_project_imports_sit_at_the_top_of_each_module():
     assert not offenders, offenders
 
 
+def test_lazy_modules_are_the_projects_own():
+    """Keras and TensorFlow arrange their own imports and break when loaded lazily."""
+    lazy = [name for path in MODULES for node in ast.walk(_tree(path))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "lazy_module"
+            for name in [node.args[0].value]]
+    assert lazy and all(name.startswith("glacier_mapping.") for name in lazy), lazy
+
+
 #: Patterns of plumbing that has one home; the value is the only file allowed to hold it.
 ONE_HOME = {
     r"os\.replace\(|\btmp\.replace\(|\.tmp\b|mkstemp\(": "store.py",

@@ -12,8 +12,7 @@ The batch size of the profile is the global batch: each step splits it over the 
 the averaged gradients equal one device's. Runs are still not bit-identical to one device:
 dropout draws its masks per replica, BatchNormalization uses each replica's local batch, and
 Keras reads one extra batch of a random-patch stream before training under a strategy.
-TensorFlow is loaded only when a strategy is made (:func:`glacier_mapping.lazy.lazy_module`), so
-profile validation stays light.
+TensorFlow is imported only when a strategy is made, so profile validation stays light.
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from glacier_mapping.lazy import lazy_module
-
-tf = lazy_module("tensorflow")
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 DISTRIBUTE_CHOICES: tuple[str, ...] = ("none", "mirrored", "multi-worker")
 TF_CONFIG_EXAMPLE = (
@@ -59,6 +57,8 @@ def training_strategy(name: str = "none") -> tf.distribute.Strategy:
             ``TF_CONFIG``, or when TensorFlow had already started.
     """
     name = check_distribute(name)
+    import tensorflow as tf
+
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -81,6 +81,7 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
     along axis 0, which MultiWorkerMirroredStrategy refuses (keras-team/keras#20329, #20585).
     This subclass reduces leaf by leaf, and scalars without an axis; values are unchanged.
     """
+    import tensorflow as tf
 
     class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         def reduce(self, reduce_op: Any, value: Any, axis: int | None = None) -> Any:  # noqa: ANN401
@@ -97,6 +98,8 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
 
 def _replica_devices() -> list[str]:
     """Every logical GPU, or every logical CPU device when there is no GPU."""
+    import tensorflow as tf
+
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return [device.name for device in devices]
 

@@ -7,7 +7,9 @@ TensorFlow-backed modules for some of its functions names it at the top with::
     training = lazy_module("glacier_mapping.training")
 
 so its dependencies stay visible in one place, and the module is executed the first time one of
-its attributes is used. Modules already imported are returned as they are.
+its attributes is used. Modules already imported are returned as they are. Only for the
+project's own modules: third-party packages that arrange their own imports when loaded (Keras,
+TensorFlow) are imported normally where they are needed.
 """
 
 from __future__ import annotations

@@ -30,10 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from glacier_mapping.lazy import lazy_module
 from glacier_mapping.workflow import Context, quiet_tensorflow
-
-tf = lazy_module("tensorflow")
 
 Item = TypeVar("Item")
 
@@ -118,6 +115,8 @@ def _start_worker(threads: int) -> None:
     global _IN_WORKER
     _IN_WORKER = True
     quiet_tensorflow()
+    import tensorflow as tf  # in the worker only: the parent may not need TensorFlow
+
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pandas as pd
 
@@ -27,9 +27,11 @@ from glacier_mapping.lazy import lazy_module
 from glacier_mapping.store import Artifact, atomic_copy, atomic_write_json
 from glacier_mapping.workflow import Context
 
-keras = lazy_module("keras")
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
 models = lazy_module("glacier_mapping.models")
-tf = lazy_module("tensorflow")
 training = lazy_module("glacier_mapping.training")
 
 MODEL_FILE = "model.keras"

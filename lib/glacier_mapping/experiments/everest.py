@@ -51,7 +51,6 @@ from glacier_mapping.trained_models import TrainedModel, TrainingSetup, train_ca
 from glacier_mapping.workflow import Context
 
 inference = lazy_module("glacier_mapping.inference")
-keras = lazy_module("keras")
 models = lazy_module("glacier_mapping.models")
 patches = lazy_module("glacier_mapping.data.patches")
 training = lazy_module("glacier_mapping.training")
@@ -354,7 +353,7 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
         if verbose:
             print(f"Training {name} ({settings.architecture}/{settings.preset}, optical "
                   f"without SWIR, {settings.epochs} epochs of {settings.steps_per_epoch} steps)")
-        keras.utils.set_random_seed(settings.seed)  # initial weights: the seed, not history
+        models.set_seed(settings.seed)  # initial weights: the seed, not history
         model = models.build_model(settings.architecture, ("optical",), size, settings.preset)
         common = dict(sensors=("optical",), patch_size=size, batch_size=settings.batch_size,
                       seed=settings.seed, deep_supervision=settings.architecture == "glavitu")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glacier_mapping.distribute import training_strategy
 from glacier_mapping.experiments.strategies import ExperimentSpec
@@ -22,7 +22,9 @@ from glacier_mapping.scheduling import ModelPool, run_groups, uses_workers
 from glacier_mapping.trained_models import TrainedModel, TrainingSetup, train_cached
 from glacier_mapping.workflow import Context
 
-keras = lazy_module("keras")
+if TYPE_CHECKING:
+    import keras
+
 models = lazy_module("glacier_mapping.models")
 patches = lazy_module("glacier_mapping.data.patches")
 training = lazy_module("glacier_mapping.training")
@@ -56,7 +58,7 @@ def train_experiment(context: Context, spec: ExperimentSpec, verbose: bool = Tru
                   f"{'+'.join(spec.sensors)}, {spec.epochs} epochs)")
         distribute = context.profile.training.distribute
         strategy = training_strategy(distribute)
-        keras.utils.set_random_seed(spec.seed)  # the initial weights depend on the seed only
+        models.set_seed(spec.seed)  # the initial weights depend on the seed only
         deep_supervision = spec.architecture == "glavitu"
         with strategy.scope():  # train_model compiles and fits under the model's strategy
             model = models.build_model(

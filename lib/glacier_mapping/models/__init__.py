@@ -21,6 +21,11 @@ from glacier_mapping.models.presets import PRESETS, Preset, get_preset
 ARCHITECTURES = ("glavitu", "deeplab")
 
 
+def set_seed(seed: int) -> None:
+    """Seed Keras, NumPy and Python: a model built next starts from the same weights."""
+    keras.utils.set_random_seed(seed)
+
+
 def build_model(
     architecture: str,
     sensors: Sequence[str],
