@@ -23,6 +23,8 @@ from glacier_mapping.distribute import DISTRIBUTE_CHOICES
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "quick", "paper")
 #: Peak learning rate of the paper's schedule (Adam, cosine with warm restarts).
 DEFAULT_LEARNING_RATE = 5e-4
+#: Learning rate of finetuning (the original: 5e-5, cosine to 0 over one cycle).
+FINETUNE_LEARNING_RATE = 5e-5
 #: ViT patch size of GlaViTU: training patches are a multiple of it.
 VIT_PATCH = 16
 

@@ -20,6 +20,7 @@ import pandas as pd
 import tensorflow as tf
 from keras import ops
 
+from glacier_mapping.config import DEFAULT_LEARNING_RATE, FINETUNE_LEARNING_RATE
 from glacier_mapping.data.schema import GLACIER_CLASS
 from glacier_mapping.inference import predict_heads
 from glacier_mapping.store import atomic_copy, atomic_path, atomic_write_text
@@ -256,7 +257,7 @@ class TrainConfig:
     epochs: int = 150
     steps_per_epoch: int = 100
     validation_steps: int | None = None
-    learning_rate: float = 5e-4
+    learning_rate: float = DEFAULT_LEARNING_RATE
     restart_epochs: tuple[int, ...] = (10, 30, 70, 150)
     min_learning_rate_fraction: float = 0.0
     loss_weights: Mapping[str, float] = field(
@@ -316,7 +317,7 @@ def finetune_config(
     return dataclasses.replace(
         base,
         epochs=epochs,
-        learning_rate=5e-5,
+        learning_rate=FINETUNE_LEARNING_RATE,
         restart_epochs=(epochs,),
         min_learning_rate_fraction=0.0,
         monitor="val_loss",

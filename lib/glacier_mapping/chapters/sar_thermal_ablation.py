@@ -1,4 +1,4 @@
-"""Chapter 04 (SAR and thermal ablation): the findings over paired seeds."""
+"""Chapter 04 (SAR and thermal ablation): test IoU per region, set and seed; the findings."""
 
 from __future__ import annotations
 
@@ -11,11 +11,43 @@ from glacier_mapping.claims import CLAIMS
 from glacier_mapping.experiments.ablation import BASELINE, sensor_set_name
 from glacier_mapping.experiments.runner import Experiment
 from glacier_mapping.findings import Finding, judge, publish_findings
+from glacier_mapping.metrics import evaluation_rows, model_columns
+from glacier_mapping.predictions import evaluate_split, predict_split
+from glacier_mapping.store import Artifact
 from glacier_mapping.trained_models import histories
 from glacier_mapping.uncertainty import Estimate
 from glacier_mapping.workflow import Context
 
 CHAPTER = "04_sar_thermal_ablation"
+
+
+def predict_ablation_test(context: Context, trained: Experiment) -> Artifact:
+    """Test predictions of an ablation model on its regions (the follow-up of each training)."""
+    return predict_split(context, trained, "test", regions=list(trained.spec.regions))
+
+
+def evaluate_ablation(
+    context: Context, trained: Sequence[Experiment]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test IoU per region, sensor set and seed, and the same as tidy metric rows.
+
+    Returns:
+        ``(per_seed, tidy)``; ``per_seed`` has columns ``region``, ``sensor set``, ``seed``,
+        ``trained on`` (the comparison group: the training regions), ``iou``.
+    """
+    rows, tidy = [], []
+    for model in trained:
+        spec = model.spec
+        predictions = predict_ablation_test(context, model)
+        evaluation = evaluate_split(context, predictions)
+        tidy.append(evaluation_rows(evaluation, experiment=spec.name, **model_columns(spec),
+                                    split="test"))
+        for row in evaluation[evaluation.level == "region"].itertuples():
+            rows.append({"region": row.region, "sensor set": sensor_set_name(spec.sensors),
+                         "seed": spec.seed, "trained on": "+".join(spec.regions),
+                         "iou": row.iou})
+    return pd.DataFrame(rows), pd.concat(tidy, ignore_index=True)
+
 
 
 def ablation_findings(context: Context, models: Sequence[Experiment],

@@ -13,11 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from glacier_mapping.data.splits import regions_with_sensors
-from glacier_mapping.experiments.runner import Experiment
 from glacier_mapping.experiments.strategies import ExperimentSpec, global_experiment
-from glacier_mapping.metrics import evaluation_rows, model_columns
-from glacier_mapping.predictions import evaluate_split, predict_split
-from glacier_mapping.store import Artifact
 from glacier_mapping.uncertainty import seed_interval
 from glacier_mapping.workflow import Context
 
@@ -102,34 +98,6 @@ def ablation_sets(context: Context) -> dict[str, tuple[str, ...]]:
             f"sets of {list(SENSOR_SETS)} and include the baseline {BASELINE!r}."
         )
     return {name: SENSOR_SETS[name] for name in names}
-
-
-def predict_ablation_test(context: Context, trained: Experiment) -> Artifact:
-    """Test predictions of an ablation model on its regions (an ``after`` of train_experiments)."""
-    return predict_split(context, trained, "test", regions=list(trained.spec.regions))
-
-
-def evaluate_ablation(
-    context: Context, trained: Sequence[Experiment]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Test IoU per region, sensor set and seed, and the same as tidy metric rows.
-
-    Returns:
-        ``(per_seed, tidy)``; ``per_seed`` has columns ``region``, ``sensor set``, ``seed``,
-        ``trained on`` (the comparison group: the training regions), ``iou``.
-    """
-    rows, tidy = [], []
-    for model in trained:
-        spec = model.spec
-        predictions = predict_ablation_test(context, model)
-        evaluation = evaluate_split(context, predictions)
-        tidy.append(evaluation_rows(evaluation, experiment=spec.name, **model_columns(spec),
-                                    split="test"))
-        for row in evaluation[evaluation.level == "region"].itertuples():
-            rows.append({"region": row.region, "sensor set": sensor_set_name(spec.sensors),
-                         "seed": spec.seed, "trained on": "+".join(spec.regions),
-                         "iou": row.iou})
-    return pd.DataFrame(rows), pd.concat(tidy, ignore_index=True)
 
 
 def compare_to_baseline(per_seed: pd.DataFrame) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from glacier_mapping.config import DEFAULT_LEARNING_RATE
+from glacier_mapping.config import DEFAULT_LEARNING_RATE, FINETUNE_LEARNING_RATE
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
     REGION_VECTOR_SIZE,
@@ -34,8 +34,6 @@ STRATEGIES: tuple[str, ...] = (
     "global", "regional", "finetuning", "region_encoding", "coordinate_encoding",
 )
 ARCHITECTURES: tuple[str, ...] = ("glavitu", "deeplab")
-#: Learning rate of finetuning (the original: 5e-5, cosine to 0 over one cycle).
-FINETUNE_LEARNING_RATE = 5e-5
 _LOCATION_OF_STRATEGY = {"region_encoding": "region", "coordinate_encoding": "coordinates"}
 
 
