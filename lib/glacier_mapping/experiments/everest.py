@@ -402,7 +402,7 @@ def predict_everest(context: Context, trained: EverestModel, scene: EverestScene
     """
     if part not in EVALUATED_PARTS:
         raise ValueError(f"part={part!r}: choose one of {list(EVALUATED_PARTS)}.")
-    settings = trained.settings
+    settings = trained.spec
 
     def build(directory: Path) -> dict[str, Any]:
         data = load_everest(scene)
