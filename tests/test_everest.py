@@ -315,3 +315,9 @@ def test_everest_model_depends_on_its_seed_not_on_earlier_random_draws(tmp_path:
         trained = ev.train_everest(ctx, scene, settings, verbose=False)
         weights.append(keras.saving.load_model(trained.model_path, compile=False).get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+    # the trained model predicts its held-out part with the statistics it was trained with
+    assert trained.card.norm_stats == "norm_stats.json" and trained.card.strategy == "single scene"
+    data = ev.load_everest(scene)
+    probs = np.load(ev.predict_everest(ctx, trained, scene, "test").file("probs.npy"))
+    result = ev.evaluate_everest(data, trained.spec, probs)
+    assert probs.shape == result.glacier.shape and set(result.counts) == {"deeplab", "threshold"}
