@@ -108,6 +108,15 @@ def test_open_benchmark_ours_and_paper_names(built, tmp_path):
         open_benchmark(tmp_path)
 
 
+def test_validate_counts_tiles_and_reads_the_statistics(built, tmp_path):
+    assert built.validate() == {"train": 4, "val": 2, "test": 2, "independent": 8}
+    copy = tmp_path / "copy"
+    shutil.copytree(built.root, copy)
+    (copy / "norm_stats.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"copy/norm_stats.json: not a normalisation"):
+        open_benchmark(copy).validate()
+
+
 def test_spec_validation():
     with pytest.raises(ValueError, match="valid codes"):
         BenchmarkSpec(regions=("ALPS",))

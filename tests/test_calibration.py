@@ -267,3 +267,55 @@ def test_calibrator_errors(tmp_path):
     bad.write_text(json.dumps({"kind": "isotonic"}))
     with pytest.raises(ValueError, match="x_thresholds"):
         load_calibrator(bad)
+
+
+KERNEL_RIDGE = {"kind": "kernel_ridge", "gamma": 1.0, "alpha_scale": 0.01, "weight_power": 0.1,
+                "support": [0.0, 0.5, 1.0], "dual_coef": [0.1, 0.2, 0.3]}
+ISOTONIC = {"kind": "isotonic", "x_thresholds": [0.1, 0.5, 0.9], "y_thresholds": [0.2, 0.6, 0.9]}
+TEMPERATURE = {"kind": "temperature", "temperature": 1.5, "bounds": [0.05, 20.0]}
+
+
+@pytest.mark.parametrize(("base", "changes", "pattern"), [
+    (TEMPERATURE, {"temperature": "abc"}, r"field 'temperature' must be a finite number > 0; "
+                                          r"got 'abc'"),
+    (TEMPERATURE, {"temperature": float("nan")}, r"field 'temperature' .*got nan"),
+    (TEMPERATURE, {"temperature": 0}, r"field 'temperature' .*got 0"),
+    (TEMPERATURE, {"temperature": True}, r"field 'temperature' .*got True"),
+    (TEMPERATURE, {"bounds": [20.0, 0.05]}, r"field 'bounds' must be two numbers 0 < low < high"),
+    (TEMPERATURE, {"bounds": [0.05]}, r"field 'bounds' must be two numbers"),
+    (TEMPERATURE, {"bounds": "wide"}, r"field 'bounds' must be a non-empty list of numbers"),
+    (TEMPERATURE, {"format_version": 2}, r"field 'format_version' is 2"),
+    (KERNEL_RIDGE, {"gamma": -1.0}, r"field 'gamma' must be a finite number > 0"),
+    (KERNEL_RIDGE, {"alpha_scale": float("inf")}, r"field 'alpha_scale' must be a finite number "
+                                                  r">= 0; got inf"),
+    (KERNEL_RIDGE, {"weight_power": None}, r"field 'weight_power' .*got None"),
+    (KERNEL_RIDGE, {"support": [0.0, 1.5, 1.0]}, r"field 'support' item 1 must be a finite "
+                                                 r"number in \[0, 1\]; got 1.5"),
+    (KERNEL_RIDGE, {"dual_coef": [0.1, "x", 0.3]}, r"field 'dual_coef' item 1 .*got 'x'"),
+    (KERNEL_RIDGE, {"dual_coef": [0.1, 0.2]}, r"fields 'support' \(3 values\) and 'dual_coef' "
+                                              r"\(2 values\) must have the same length"),
+    (KERNEL_RIDGE, {"support": []}, r"field 'support' must be a non-empty list"),
+    (ISOTONIC, {"x_thresholds": [0.1, 0.9, 0.5]}, r"field 'x_thresholds' must be sorted.*item 2"),
+    (ISOTONIC, {"y_thresholds": [0.2, float("nan"), 0.9]}, r"field 'y_thresholds' item 1"),
+    (ISOTONIC, {"y_thresholds": [0.2, 0.6]}, r"fields .* must have the same length"),
+])
+def test_calibrator_json_fields_are_checked(tmp_path, base, changes, pattern):
+    path = tmp_path / "calibrator.json"
+    path.write_text(json.dumps({**base, **changes}))
+    with pytest.raises(ValueError, match=rf"calibrator.json: invalid {base['kind']} calibrator: "
+                                         rf"{pattern}"):
+        load_calibrator(path)
+
+
+def test_valid_calibrator_json_loads_and_other_errors_name_the_file(tmp_path):
+    for data in (TEMPERATURE, KERNEL_RIDGE, ISOTONIC):
+        path = tmp_path / f"{data['kind']}.json"
+        path.write_text(json.dumps(data))
+        assert load_calibrator(path).kind == data["kind"]
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken.json is not valid JSON"):
+        load_calibrator(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"broken.json: a calibrator JSON holds an object"):
+        load_calibrator(path)

@@ -2,8 +2,12 @@
 
 import argparse
 import json
+import logging
 import math
+import signal
+import subprocess
 import threading
+import zipfile
 
 import geopandas as gpd
 import keras
@@ -14,6 +18,7 @@ from keras import layers
 from rasterio.transform import from_origin
 
 import glacier_mapping.deploy as deploy
+from glacier_mapping import store
 from glacier_mapping.adaptation import save_region_vector
 from glacier_mapping.calibration import TemperatureCalibrator, confidence
 from glacier_mapping.data.patches import coordinate_vector
@@ -296,20 +301,195 @@ def test_unwritable_output_directory(files, tmp_path):
 def test_bad_model_file_and_parameters(files, tmp_path):
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
+    other_zip = tmp_path / "other.keras"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    fix = r"outputs/<profile>/models/<name>/model.keras.*glacier-mapping import-weights"
     with source_of(files) as source:
-        with pytest.raises(DeploymentError, match=r"broken.keras: cannot be loaded"):
-            deploy_scene(source, broken, tmp_path / "out", progress=False)
+        for model in (broken, other_zip):
+            with pytest.raises(DeploymentError,
+                               match=rf"{model.name} is not a Keras model file.*{fix}"):
+                deploy_scene(source, model, tmp_path / "out", progress=False)
         with pytest.raises(DeploymentError, match=r"missing.keras does not exist"):
             deploy_scene(source, tmp_path / "missing.keras", tmp_path / "out", progress=False)
-        with pytest.raises(DeploymentError, match=r"stride must be in \[1, 16\]"):
+        with pytest.raises(DeploymentError, match=r"--stride must be in \[1, 16\]"):
             deploy_scene(source, files["model"], tmp_path / "out", DeployOptions(stride=17),
                          progress=False)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(DeploymentError, match=r"precision='half'.*--precision"):
         DeployOptions(precision="half")
     with pytest.raises(DeploymentError, match=r"blend='box'.*--blend"):
         DeployOptions(blend="box")
-    with pytest.raises(DeploymentError, match=r"batch_size \(>= 1\).*out of range: 0, 0, 1024"):
-        DeployOptions(batch_size=0)
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [
+    ("batch_size", 0, "--batch-size"), ("mc_passes", -1, "--mc-passes"),
+    ("stride", 0, "--stride"), ("patch_size", 0, "--patch-size"), ("batch_size", 2.5,
+                                                                      "--batch-size"),
+    ("vector_strip_rows", 0, "vector_strip_rows"),
+])
+def test_option_errors_name_the_command_line_option(field, value, flag):
+    with pytest.raises(DeploymentError, match=rf"^{flag} must be an integer >= \d .*got "
+                                              rf"{value}; e\.g\. {flag} \d+\.$"):
+        DeployOptions(**{field: value})
+
+
+def test_cli_option_errors_name_the_option_and_create_nothing(files, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_deploy_arguments(parser)
+    base = ["--optical", str(files["optical"]), "--bands", ",".join(OPTICAL_BANDS),
+            "--dem", str(files["dem"]), "--model", str(files["model"]), "--no-progress",
+            "--out", str(tmp_path / "new" / "out")]
+    for extra, flag in ((["--batch-size", "0"], "--batch-size"),
+                        (["--mc-passes", "-2"], "--mc-passes"),
+                        (["--stride", "40"], "--stride"),
+                        (["--optical-scale", "0"], "--optical-scale"),
+                        (["--date", "yesterday"], "--date")):
+        assert deploy_from_args(parser.parse_args(base + extra)) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"error: {flag} " in error
+        assert "mc_passes" not in error and "vector_strip_rows" not in error
+    assert not (tmp_path / "new").exists()
+
+
+def _write_calibrator(path, **fields):
+    path.write_text(json.dumps({"kind": "temperature", "temperature": 1.5, "bounds": [0.05, 20.0],
+                                **fields}))
+    return path
+
+
+@pytest.mark.parametrize(("make_input", "pattern"), [
+    (lambda f, t: {"model_path": t / "garbage.keras"},
+     r"garbage.keras is not a Keras model file"),
+    (lambda f, t: {"calibrator_path": _write_calibrator(t / "abc.json", temperature="abc")},
+     r"--calibrator: .*abc.json: invalid temperature calibrator: field 'temperature' must be "
+     r"a finite number > 0; got 'abc'"),
+    (lambda f, t: {"calibrator_path": _write_calibrator(t / "nan.json", temperature=math.nan)},
+     r"nan.json: .*field 'temperature' .*got nan"),
+    (lambda f, t: {"calibrator_path": t / "none.json"}, r"--calibrator: No calibrator file"),
+    (lambda f, t: {"region_vector_path": t / "none.json"}, r"drop --region-vector"),
+    (lambda f, t: {"model_path": tiny_model(t / "rv.keras", location_size=12),
+                   "region_vector_path": t / "none.json"},
+     r"--region-vector: No region vector at .*none.json"),
+    (lambda f, t: {"options": DeployOptions(stride=17)}, r"--stride must be in \[1, 16\]"),
+    (lambda f, t: {"model_path": tiny_model(t / "th.keras", sensors=("optical", "thermal"))},
+     r"--thermal FILE"),
+    (lambda f, t: {"norm_stats": t / "none.json"}, r"none.json do not exist"),
+])
+def test_refused_runs_create_nothing(files, tmp_path, make_input, pattern):
+    (tmp_path / "garbage.keras").write_bytes(b"\x00garbage" * 100)
+    kwargs = {"model_path": files["model"], **make_input(files, tmp_path)}
+    before = sorted(tmp_path.rglob("*"))
+    with source_of(files) as source:
+        with pytest.raises((DeploymentError, SceneError), match=pattern):
+            deploy_scene(source, kwargs.pop("model_path"), tmp_path / "a" / "out",
+                         progress=False, **kwargs)
+    assert sorted(tmp_path.rglob("*")) == before  # not even the output directory
+
+
+def test_partial_dem_is_refused_unless_allowed(files, tmp_path, caplog):
+    height, width = files["shape"]
+    _, dem = scene_arrays(height, width)
+    half = write_raster(tmp_path / "half_dem.tif", dem[:, : width // 2])
+    with SceneSource(files["optical"], OPTICAL_BANDS, dem=half) as source:
+        with pytest.raises(DeploymentError, match=r"half_dem.tif \(--dem\) covers 50.0 % of "
+                                                  r"the optical scene.*--allow-partial-coverage"):
+            deploy_scene(source, files["model"], tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
+        caplog.set_level(logging.WARNING, logger="glacier_mapping.deploy")
+        summary = deploy_scene(source, files["model"], tmp_path / "out",
+                               DeployOptions(allow_partial_coverage=True), progress=False)
+    assert summary.coverage == {str(half): pytest.approx(0.5, abs=0.001)}
+    assert summary.parameters["allow_partial_coverage"] is True
+    assert any("covers 50.0 %" in note for note in summary.notes)
+    assert any("covers 50.0 %" in record.getMessage() for record in caplog.records)
+    saved = deploy.read_summary(tmp_path / "out")
+    assert saved["coverage"] == {str(half): pytest.approx(0.5, abs=0.001)}
+    classes, _ = _read_maps(summary)
+    assert (classes[:, width // 2 :] == 255).all()  # beyond the DEM (and its last column:
+    assert (classes[:, 1 : width // 2 - 1] != 255).all()  # no slope there): nodata
+
+
+def test_no_record_count_line_when_writing_outlines(files, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    with source_of(files) as source:
+        summary = deploy_scene(source, files["model"], tmp_path / "out", progress=False)
+    assert summary.polygon_count > 0
+    assert not [r for r in caplog.records if "records" in r.getMessage()]
+    assert deploy._not_a_record_count not in logging.getLogger("pyogrio._io").filters
+
+
+def _snapshot(folder):
+    return {path.relative_to(folder): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_failed_run_keeps_the_previous_set_or_leaves_nothing(files, tmp_path, monkeypatch):
+    with source_of(files) as source:
+        deploy_scene(source, files["model"], tmp_path / "out", progress=False)
+        before = _snapshot(tmp_path / "out")
+
+        def failing(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(deploy, "_vectorise", failing)
+        for out in (tmp_path / "out", tmp_path / "fresh" / "out"):
+            with pytest.raises(OSError, match="disk full"):
+                deploy_scene(source, files["model"], out, DeployOptions(stride=5),
+                             progress=False)
+    assert _snapshot(tmp_path / "out") == before
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_rerun_removes_leftovers_of_killed_runs(files, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    (out / f".staging-{dead.pid}-abc").mkdir(parents=True)
+    (out / f".staging-{dead.pid}-abc" / "glacier_class.tif").write_bytes(b"x")
+    (out / ".staging-1-live").mkdir()  # a running process's: kept
+    for name in (f".glacier_class.tif.part-{dead.pid}", f".confidence.tif.part-{dead.pid}",
+                 "glacier_class.tif", "notes.txt"):
+        (out / name).write_bytes(b"old")
+    with source_of(files) as source:
+        deploy_scene(source, files["model"], out, progress=False)
+    assert sorted(path.name for path in out.iterdir()) == [
+        ".staging-1-live", "confidence.tif", "glacier_class.tif", "glaciers.gpkg", "notes.txt",
+        "summary.json"]
+    assert deploy.read_summary(out)["scene"] == "optical"
+
+
+def test_read_summary_needs_the_complete_set(files, tmp_path):
+    with source_of(files) as source:
+        deploy_scene(source, files["model"], tmp_path / "out", progress=False)
+    assert deploy.read_summary(tmp_path / "out")["pixels"]["valid"] == 45 * 52 - 1
+    (tmp_path / "out" / "summary.json").unlink()
+    with pytest.raises(DeploymentError, match=r"out holds no complete deployment \(summary.json "
+                                              r"missing\)"):
+        deploy.read_summary(tmp_path / "out")
+
+
+def test_signal_during_publishing_waits_for_the_complete_set(files, tmp_path, monkeypatch,
+                                                             capsys):
+    real = store.atomic_write_json
+
+    def signalled(path, data):  # SIGTERM arrives between moving the rasters and the summary
+        signal.raise_signal(signal.SIGTERM)
+        return real(path, data)
+
+    monkeypatch.setattr(store, "atomic_write_json", signalled)
+    parser = argparse.ArgumentParser()
+    add_deploy_arguments(parser)
+    args = parser.parse_args([
+        "--optical", str(files["optical"]), "--bands", ",".join(OPTICAL_BANDS),
+        "--dem", str(files["dem"]), "--model", str(files["model"]), "--no-progress",
+        "--out", str(tmp_path / "out")])
+    previous = signal.getsignal(signal.SIGTERM)
+    assert deploy_from_args(args) == 143
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+    assert deploy.read_summary(tmp_path / "out")["scene"] == "optical"
+    assert not [path for path in (tmp_path / "out").iterdir() if path.name.startswith(".")]
 
 
 def test_all_nodata_scene_is_refused(files, tmp_path):

@@ -66,7 +66,8 @@ def test_lazy_modules_are_the_projects_own():
 
 #: Patterns of plumbing that has one home; the value is the only file allowed to hold it.
 ONE_HOME = {
-    r"os\.replace\(|\btmp\.replace\(|\.tmp\b|mkstemp\(": "store.py",
+    r"os\.replace\(|\b(tmp|path|partial|staged?)\.replace\(|\.tmp\b|mkstemp\(|\.rename\((?!columns)":
+        "store.py",
     r"^class \w*(Blender|BlendAccumulator)\b": "inference.py",
     r"^COLUMNS: tuple|METRIC_COLUMNS|TIDY_COLUMNS": "metrics.py",
     r"^def coordinate_vector\(": "data/patches.py",

@@ -1,14 +1,22 @@
 """The Papermill runner, tested on small notebooks generated here (not the science chapters)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
 import yaml
 from test_config import MINIMAL
+from test_workflow import _write_benchmark
 
 from glacier_mapping.cli import main
+from glacier_mapping.data.tiles import TileFormatError
 from glacier_mapping.pipeline import NotebookFailed, run_pipeline
+from glacier_mapping.workflow import BENCHMARK_CHECK
 
 PARAMETERS = 'profile = "quick"\ndata_dir = ""\noutput_dir = ""\nseed = 0\nsize = 1\n'
 
@@ -98,6 +106,7 @@ def test_undeclared_parameter_is_refused(project):
               parameters=PARAMETERS.replace("seed = 0\n", ""))
     with pytest.raises(ValueError, match="seed"):
         run_pipeline(str(profile), notebooks, root / "outputs", only=["04"], echo=lambda s: None)
+    assert not (root / "outputs").exists()  # refused before anything is written
 
 
 def test_notebook_without_parameters_cell_is_refused(project):
@@ -114,3 +123,78 @@ def test_notebook_failed_is_raised_by_api(project):
     _notebook(notebooks / "03_broken.ipynb", "1/0")
     with pytest.raises(NotebookFailed, match="ZeroDivisionError"):
         run_pipeline(str(profile), notebooks, root / "outputs", only=["03"], echo=lambda s: None)
+
+
+def test_relative_profile_path_reaches_the_notebooks_whole(project, monkeypatch):
+    root, notebooks, _ = project
+    monkeypatch.chdir(root)
+    manifest = run_pipeline("tiny.yaml", notebooks, "outputs", only=["02"], echo=lambda s: None)
+    assert manifest["notebooks"][0]["parameters"]["profile"] == str(root / "tiny.yaml")
+
+
+def test_data_dir_is_checked_before_anything_runs(project):
+    root, notebooks, profile = project
+    bench = _write_benchmark(root / "bench").root
+    run_pipeline(str(profile), notebooks, root / "outputs", data_dir=bench, only=["02"],
+                 echo=lambda s: None)
+    assert (root / "outputs" / "tiny" / "cache" / BENCHMARK_CHECK).is_dir()
+    (bench / "val.hdf5").write_bytes(b"garbage")
+    with pytest.raises(TileFormatError, match=r"val.hdf5: not a readable HDF5"):
+        run_pipeline(str(profile), notebooks, root / "elsewhere", data_dir=bench,
+                     echo=lambda s: None)
+    assert not (root / "elsewhere").exists()
+
+
+def test_ctrl_c_stops_with_one_line_and_exit_130(project):
+    root, notebooks, profile = project
+    started = root / "started"
+    _notebook(notebooks / "03_slow.ipynb",
+              f"from pathlib import Path\nPath({str(started)!r}).touch()\n"
+              "import time\ntime.sleep(120)")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "glacier_mapping.cli", "run", "--profile", str(profile),
+         "--notebooks", str(notebooks), "--output-dir", str(root / "outputs"), "--only", "03"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert err == "glacier-mapping run: interrupted (Ctrl-C).\n"
+    manifest = json.loads((root / "outputs" / "tiny" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    executed = root / "outputs" / "tiny" / "notebooks"
+    assert (executed / "03_slow.failed.ipynb").is_file()
+    assert not (executed / "03_slow.ipynb").exists()
+
+
+def test_a_dead_kernel_is_a_failed_notebook(project):
+    root, notebooks, profile = project
+    _notebook(notebooks / "03_killed.ipynb",
+              "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(NotebookFailed, match=r"03_killed.ipynb: the kernel died"):
+        run_pipeline(str(profile), notebooks, root / "outputs", only=["03"], echo=lambda s: None)
+    manifest = json.loads((root / "outputs" / "tiny" / "manifest.json").read_text())
+    assert manifest["notebooks"][-1]["status"] == "failed"
+
+
+def test_kernels_are_shut_down_without_an_interrupt(project):
+    """An interrupt at shutdown can hit a kernel finishing its last message (noise on stderr).
+
+    The interrupt goes to the kernel's process group, so a process the notebook started
+    (as a training worker would be) sees it.
+    """
+    root, notebooks, profile = project
+    marker, pid = root / "interrupted", root / "pid"
+    child = (f"import os, pathlib, signal, time\n"
+             f"signal.signal(signal.SIGINT, lambda *a: pathlib.Path({str(marker)!r}).touch())\n"
+             f"pathlib.Path({str(pid)!r}).write_text(str(os.getpid()))\ntime.sleep(60)")
+    _notebook(notebooks / "03_child.ipynb",
+              f"import subprocess, sys, time\nfrom pathlib import Path\n"
+              f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+              f"while not Path({str(pid)!r}).exists():\n    time.sleep(0.05)")
+    run_pipeline(str(profile), notebooks, root / "outputs", only=["03"], echo=lambda s: None)
+    time.sleep(1)
+    os.kill(int(pid.read_text()), signal.SIGKILL)
+    assert not marker.exists()

@@ -198,6 +198,39 @@ def test_non_overlapping_dem_is_an_error(tmp_path):
         SceneSource(optical, OPTICAL_BANDS, dem=dem)
 
 
+def test_coverage_of_partial_and_nodata_inputs(tmp_path):
+    optical = optical_stack(20, 40)
+    optical[:, :, 30:] = np.nan  # the optical scene: its 20 x 30 valid pixels
+    optical_path = write_raster(tmp_path / "optical.tif", optical)
+    half = write_raster(tmp_path / "half.tif", plane_dem(20, 15))  # 15 of 30 valid columns
+    holes = plane_dem(20, 40)
+    holes[:5] = -9999.0  # nodata in a quarter of the rows
+    holes_path = write_raster(tmp_path / "holes.tif", holes, nodata=-9999.0)
+    shifted = from_origin(ORIGIN[0] + 10 * SIZE, ORIGIN[1], SIZE, SIZE)
+    thermal = write_raster(tmp_path / "thermal.tif", np.full((20, 40), 270.0),
+                           transform=shifted)  # covers columns 10-39: 20 of 30 valid ones
+    with SceneSource(optical_path, OPTICAL_BANDS, dem=half, thermal=thermal) as source:
+        coverage = source.coverage(strip_rows=7)
+        assert coverage == {str(half): pytest.approx(0.5), str(thermal): pytest.approx(2 / 3)}
+        assert source.coverage(["optical", "dem"]) == {str(half): pytest.approx(0.5)}
+        assert source.coverage(["optical"]) == {}
+    with SceneSource(optical_path, OPTICAL_BANDS, dem=holes_path) as source:
+        assert source.coverage() == {str(holes_path): pytest.approx(0.75)}
+    full = write_raster(tmp_path / "full.tif", plane_dem(20, 40))
+    with SceneSource(optical_path, OPTICAL_BANDS, dem=full) as source:
+        assert source.coverage() == {str(full): 1.0}
+
+
+def test_scale_and_date_errors_name_the_option(scene_files):
+    optical, _, _ = scene_files
+    with pytest.raises(SceneError, match=r"--optical-scale must be a positive number, got nan"):
+        SceneSource(optical, OPTICAL_BANDS, optical_scale=float("nan"))
+    with pytest.raises(SceneError, match=r"--date '1/8/2020' is not a date; pass YYYY-MM-DD"):
+        SceneSource(optical, OPTICAL_BANDS, date="1/8/2020")
+    with SceneSource(optical, OPTICAL_BANDS, date="2020-08-01") as source:
+        assert source.date == "2020-08-01"
+
+
 def test_wrong_band_count_for_band_map(tmp_path):
     optical = write_raster(tmp_path / "optical.tif", optical_stack(10, 10)[:4])
     with pytest.raises(SceneError, match=r"lists 6 names .* 4 \(optical.tif\) = 4 bands"):

@@ -115,6 +115,34 @@ def test_validate_names_file_tile_and_problem(tmp_path, mutate, message):
     assert str(path) in str(info.value) and "ALP-0-1" in str(info.value)
 
 
+def test_sampled_validation_checks_every_layout_and_some_values(tmp_path):
+    path = tmp_path / "t.hdf5"
+    write_tiles(path, [_tile(f"ALP-0-{j}", seed=j) for j in range(5)])
+    middle = 7 + 50 // 2  # padding before the first row + half the unpadded height
+    with h5py.File(path, "a") as handle:
+        handle["ALP-0-2"]["dem"][middle - 5, 20, 0] = np.nan
+        handle["ALP-0-4"]["dem"][middle, 20, 0] = np.nan
+    assert validate_file(path, sample=1) == 5  # only ALP-0-0's values are read
+    with pytest.raises(TileFormatError, match=r"tile ALP-0-4: 'dem' contains NaN"):
+        validate_file(path, sample=2)  # the first and the last tile
+    with pytest.raises(TileFormatError, match=r"tile ALP-0-2: 'dem' contains NaN"):
+        validate_file(path)
+    with h5py.File(path, "a") as handle:
+        del handle["ALP-0-3"]["optical"]
+        handle["ALP-0-3"].create_dataset("optical", data=np.zeros((10, 10, 6), np.float32))
+    with pytest.raises(TileFormatError, match=r"t.hdf5, tile ALP-0-3: 'optical' has shape "
+                                              r"\(10, 10, 6\), expected \(64, 64, 6\).*make_tile"):
+        validate_file(path, sample=0)  # shapes come from the metadata of every tile
+
+
+def test_validation_refuses_arrays_of_text(tmp_path):
+    path = tmp_path / "t.hdf5"
+    _write_broken(path, lambda g: (g.__delitem__("dem"),
+                                   g.create_dataset("dem", data=np.full((64, 64, 2), b"x"))))
+    with pytest.raises(TileFormatError, match=r"tile ALP-0-1: 'dem' holds \|S1, not numbers"):
+        validate_file(path, sample=0)
+
+
 def test_missing_sensor_names_tile_and_available(tmp_path):
     path = tmp_path / "t.hdf5"
     write_tiles(path, [_tile(sar=False)])

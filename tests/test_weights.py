@@ -124,6 +124,21 @@ def test_non_glavitu_file_is_refused(tmp_path):
         import_original_weights(tmp_path / "absent.h5")
 
 
+def test_export_refuses_a_name_off_the_template_before_reading(tmp_path):
+    renamed = tmp_path / "glavitu_p64.h5"
+    renamed.write_text("not even hdf5")
+    with pytest.raises(WeightImportError, match=r"glavitu_p64.h5 does not follow <MODEL>_"
+                                                r"<STRATEGY>.*rename it"):
+        export_imported_model(renamed, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"absent_weights.h5; pass the path"):
+        export_imported_model(tmp_path / "absent_weights.h5", tmp_path / "out")
+    text = tmp_path / "glavitu_global_weights.h5"
+    text.write_text("not hdf5")
+    with pytest.raises(WeightImportError, match=r"is not an HDF5 file \(.*\); pass a weights"):
+        export_imported_model(text, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @needs_reference
 def test_export_writes_model_and_card(tmp_path):
     path = _copy(tmp_path, "glavitu_regional_ALP-SC_weights.h5")

@@ -3,17 +3,20 @@
 import logging
 import os
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
 from glacier_mapping.config import load_profile
 from glacier_mapping.data.benchmark import BenchmarkFiles
-from glacier_mapping.data.tiles import NormStats, make_tile, write_tiles
+from glacier_mapping.data.tiles import NormStats, TileFormatError, make_tile, write_tiles
 from glacier_mapping.metrics import COLUMNS, count_rows
 from glacier_mapping.store import ArtifactStore
 from glacier_mapping.workflow import (
+    BENCHMARK_CHECK,
     Context,
+    check_benchmark,
     data_fingerprint,
     open_context,
     quiet_tensorflow,
@@ -141,3 +144,29 @@ def test_open_context_generates_the_synthetic_benchmark_once(tmp_path):
     assert again.data_key == ctx.data_key and again.benchmark.root == ctx.benchmark.root
     events = [e for e in ctx.store.events() if e["kind"] == "benchmark"]
     assert [e["reused"] for e in events] == [False, True]
+
+
+def test_the_benchmark_is_checked_once_per_fingerprint(tmp_path, bench, monkeypatch):
+    checks = []
+    validate = BenchmarkFiles.validate
+    monkeypatch.setattr(BenchmarkFiles, "validate", lambda self: checks.append(1) or
+                        validate(self))
+    out = tmp_path / "out"
+    first = open_context("smoke", data_dir=bench.root, output_dir=out)
+    again = open_context("smoke", data_dir=bench.root, output_dir=out)
+    assert len(checks) == 1 and first.data_key == again.data_key
+    events = [e["reused"] for e in first.store.events() if e["kind"] == BENCHMARK_CHECK]
+    assert events == [False, True]
+
+
+def test_a_broken_tile_is_refused_when_the_benchmark_is_opened(tmp_path, bench):
+    with h5py.File(bench.train, "a") as handle:
+        del handle["NZ-0-0"]["optical"]
+        handle["NZ-0-0"].create_dataset("optical", data=np.zeros((10, 10, 6), np.float32))
+    expected = r"train.hdf5, tile NZ-0-0: 'optical' has shape \(10, 10, 6\), expected"
+    with pytest.raises(TileFormatError, match=expected):
+        open_context("smoke", data_dir=bench.root, output_dir=tmp_path / "out")
+    with pytest.raises(TileFormatError, match=expected):
+        check_benchmark(bench, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # a failed check leaves nothing behind
+    assert not (tmp_path / "out" / "cache" / BENCHMARK_CHECK).exists()

@@ -21,7 +21,11 @@ BOOK_SOURCES: tuple[str, ...] = ("_config.yml", "_toc.yml", "book")
 
 
 class BookBuildError(RuntimeError):
-    """The book cannot be built: missing or failed notebooks, or Sphinx warnings."""
+    """The book cannot be built: no run manifest, missing or failed notebooks."""
+
+
+class BookRenderError(BookBuildError):
+    """jupyter-book ran and failed (Sphinx warnings are errors); the message ends with its log."""
 
 
 def toc_notebooks(toc_path: Path) -> list[str]:
@@ -113,7 +117,7 @@ def build_book(
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
-        raise BookBuildError(f"jupyter-book build failed:\n{tail}")
+        raise BookRenderError(f"jupyter-book build failed:\n{tail}")
     html = build_root / "_build" / "html"
     size_mb = sum(f.stat().st_size for f in html.rglob("*") if f.is_file()) / 2**20
     print(f"Book built: {html / 'index.html'} ({size_mb:.1f} MB)")

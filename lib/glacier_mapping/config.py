@@ -162,7 +162,10 @@ def profile_path(name: str) -> Path:
     candidate = Path(name)
     if candidate.suffix in {".yaml", ".yml"}:
         if not candidate.is_file():
-            raise ProfileError(f"Profile file {candidate} does not exist.")
+            raise ProfileError(
+                f"Profile file {candidate} does not exist; pass the path of an existing YAML "
+                f"profile or one of {list(PROFILE_NAMES)}."
+            )
         return candidate
     packaged = resources.files("glacier_mapping") / "profiles" / f"{name}.yaml"
     if not packaged.is_file():
@@ -179,7 +182,11 @@ def load_profile(name: str, seed: int | None = None) -> Profile:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ProfileError(f"Profile {path} is not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ProfileError(f"Profile {path} is not valid YAML{where}: {problem}; fix the "
+                           "file.") from None
     profile = parse_profile(raw, source=str(path))
     return profile if seed is None else profile.with_seed(seed)
 
@@ -288,5 +295,6 @@ def _validate(model: ModelSettings, training: TrainingSettings,
 
 def _check_seed(seed: Any, source: object) -> int:  # noqa: ANN401
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ProfileError(f"Profile {source}: seed must be a non-negative integer, got {seed!r}.")
+        raise ProfileError(f"Profile {source}: seed (or --seed) must be a non-negative integer, "
+                           f"got {seed!r}.")
     return seed

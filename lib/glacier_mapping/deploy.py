@@ -7,6 +7,11 @@ which holds one patch of rows; rows that no later window touches are written to 
 rasters at once. Peak memory therefore depends on the patch size, the batch size and the scene
 width, never on the scene height. Outlines are then vectorised from the written class raster
 strip by strip, with components that cross strip seams merged.
+
+Every input is checked before anything is written. The outputs are written to a staging
+directory inside ``--out`` and published together at the end, ``summary.json`` last: a folder
+with ``summary.json`` holds a complete output set (:func:`read_summary`), and a failed or
+interrupted deploy leaves the previous set, or nothing, behind.
 """
 
 from __future__ import annotations
@@ -16,13 +21,20 @@ import json
 import logging
 import math
 import os
+import re
 import resource
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +52,7 @@ from tqdm.auto import tqdm
 from glacier_mapping.adaptation import load_region_vector
 from glacier_mapping.calibration import Calibrator, confidence, load_calibrator
 from glacier_mapping.data.patches import coordinate_vector
-from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneError, SceneSource
+from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneError, SceneSource, check_stats
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
     LOCATION_INPUT,
@@ -60,7 +72,12 @@ from glacier_mapping.inference import (
 )
 from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
 from glacier_mapping.models import load_model
-from glacier_mapping.store import atomic_copy, atomic_path, atomic_write_json, file_digest
+from glacier_mapping.store import (
+    atomic_copy,
+    atomic_path,
+    file_digest,
+    publish_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +85,8 @@ CLASS_FILE = "glacier_class.tif"
 CONFIDENCE_FILE = "confidence.tif"
 POLYGON_FILE = "glaciers.gpkg"
 SUMMARY_FILE = "summary.json"
+#: Files a deployment publishes; ``summary.json``, written last, marks the set complete.
+OUTPUT_FILES = (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE, SUMMARY_FILE)
 POLYGON_LAYER = "glaciers"
 CLASS_NODATA = 255
 MODEL_CARD = "model_card.json"
@@ -84,11 +103,38 @@ SENSOR_FLAGS: dict[str, str] = {
     "optical": "--optical", "dem": "--dem", "co_pol_sar": "--co-pol",
     "cross_pol_sar": "--cross-pol", "in_sar": "--coherence", "thermal": "--thermal",
 }
+#: An input covering less than this fraction of the optical scene is partial coverage.
+FULL_COVERAGE = 0.999
+#: Signals that stop ``glacier-mapping deploy`` (exit code 128 + the signal number).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Test hook: ``GLACIER_MAPPING_TEST_PAUSE=<stage>`` (``predict``, ``cog`` or ``vectorise``)
+#: makes a deploy print ``paused at <stage>`` on stdout and wait there once, for
+#: ``PAUSE_SECONDS``, so that tests can interrupt it at that stage.
+PAUSE_ENV = "GLACIER_MAPPING_TEST_PAUSE"
+PAUSE_SECONDS = 60.0
 _BLOCK = 256
+_MODEL_FIX = ("pass --model a model trained by the book (outputs/<profile>/models/<name>/"
+              "model.keras) or one written by `glacier-mapping import-weights`")
+#: pyogrio logs an INFO note "Created N records" for every GeoPackage write.
+_PYOGRIO_LOG = logging.getLogger("pyogrio._io")
+#: Names left in ``--out`` by a deploy that was killed (its staging directory, or partial
+#: output files of older versions); the number is the process id.
+_LEFTOVER = re.compile(
+    r"^\.staging-(\d+)-|^\.(?:" + "|".join(re.escape(Path(name).stem) for name in OUTPUT_FILES)
+    + r")\.[\w.]+-(\d+)(?:\.\w+)?$"
+)
 
 
 class DeploymentError(ValueError):
     """Deployment cannot run; the message names the parameter or file and the fix."""
+
+
+class DeployInterrupted(BaseException):
+    """SIGINT or SIGTERM stopped ``glacier-mapping deploy`` (a BaseException, like Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass
@@ -114,6 +160,7 @@ class DeploymentSummary:
     seconds: dict[str, float]
     peak_memory_mb: float
     notes: list[str] = field(default_factory=list)
+    coverage: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary."""
@@ -132,13 +179,19 @@ class _ModelInfo:
 def _load_model(model_path: Path) -> Any:  # noqa: ANN401 - a keras.Model
     """Load a ``.keras`` model in safe mode, with a clear error."""
     if not model_path.is_file():
-        raise DeploymentError(f"Model file {model_path} does not exist; pass --model PATH.keras.")
+        state = "is not a file" if model_path.exists() else "does not exist"
+        raise DeploymentError(f"Model file {model_path} {state}; {_MODEL_FIX}.")
+    if not zipfile.is_zipfile(model_path):
+        raise DeploymentError(
+            f"{model_path} is not a Keras model file (a .keras file is a zip archive; this one "
+            f"is not); {_MODEL_FIX}."
+        )
     try:
         return load_model(model_path)
-    except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as error:
+    except Exception as error:  # any failure means the file is not a model this library loads
         raise DeploymentError(
-            f"{model_path}: cannot be loaded as a Keras model ({error}); pass a model saved "
-            "with model.save('name.keras') by this library."
+            f"{model_path} is not a Keras model file this library can load ({error}); "
+            f"{_MODEL_FIX}."
         ) from None
 
 
@@ -179,11 +232,12 @@ def _model_info(model: Any, card: dict[str, Any], patch_size: int | None,  # noq
     size = patch_size or model_size or card.get("patch_size")
     if size is None:
         raise DeploymentError(
-            f"{model_path}: the model does not fix its patch size; pass patch_size (--patch-size)."
+            f"{model_path}: the model does not fix its patch size; pass --patch-size N."
         )
     if model_size is not None and size != model_size:
         raise DeploymentError(
-            f"patch_size={size} differs from the model's input size {model_size}; omit it."
+            f"--patch-size {size} differs from the model's input size {model_size}; omit "
+            "--patch-size."
         )
     location = tuple(inputs[LOCATION_INPUT].shape)[-1] if LOCATION_INPUT in inputs else None
     return _ModelInfo(sensors, int(size), location)
@@ -249,18 +303,136 @@ def _location_mode(info: _ModelInfo, region_vector_path: Path | None,
     raise DeploymentError(f"Unsupported model location input size {info.location_size}.")
 
 
+def _unwritable(out_dir: Path, reason: str) -> DeploymentError:
+    return DeploymentError(f"Output directory {out_dir} is not writable ({reason}); pass --out "
+                           "to a directory you can write to.")
+
+
 def _check_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and check it is writable."""
+    """Check that ``out_dir`` is, or can be created as, a writable directory; creates nothing."""
+    existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())
+    if not existing.is_dir():
+        raise _unwritable(out_dir, f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _unwritable(out_dir, f"no write permission in {existing}")
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove staging directories and partial files of killed deploys (their pid is gone)."""
+    for path in out_dir.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if match is None or _running(int(match.group(1) or match.group(2))):
+            continue
+        logger.info("Removing %s, left by a deploy that was killed.", path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A private directory inside ``out_dir`` for one deploy's files, removed at the end.
+
+    ``out_dir`` is created if needed; if the block fails, the directories created here are
+    removed again (when empty), so ``out_dir`` is left as it was.
+    """
+    created = [path for path in (out_dir, *out_dir.parents) if not path.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        _remove_leftovers(out_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
     except OSError as error:
+        _remove_empty(created)
+        raise _unwritable(out_dir, str(error.strerror or error)) from None
+    done = False
+    try:
+        yield staging
+        done = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove ``directories`` (deepest first) while they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+@contextmanager
+def _signal_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Handle SIGINT and SIGTERM with ``handler`` during the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in INTERRUPT_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    """Raise :class:`DeployInterrupted`; later signals are ignored while cleaning up."""
+    for other in INTERRUPT_SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    raise DeployInterrupted(signum)
+
+
+def _publish(staged: dict[str, Path], out_dir: Path, summary: DeploymentSummary) -> None:
+    """Move the staged outputs into ``out_dir``, then write ``summary.json``, the marker.
+
+    The previous ``summary.json`` is removed first, so a folder never holds a summary with a
+    mixed set; SIGINT and SIGTERM are held back until the set is complete.
+    """
+    held: list[int] = []
+    with _signal_handler(lambda signum, _frame: held.append(signum)):
+        publish_set(staged, out_dir, SUMMARY_FILE, summary.to_json())
+    for signum in held:
+        signal.raise_signal(signum)
+
+
+def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``summary.json`` of the complete output set in ``out_dir``.
+
+    Raises:
+        DeploymentError: if ``out_dir`` holds no complete set (``summary.json``, written last,
+            is missing, or a file of :data:`OUTPUT_FILES` is).
+    """
+    out_dir = Path(out_dir)
+    missing = [name for name in OUTPUT_FILES if not (out_dir / name).is_file()]
+    if missing:
         raise DeploymentError(
-            f"Output directory {out_dir} is not writable ({error.strerror or error}); pass "
-            "--out to a directory you can write to."
-        ) from None
+            f"{out_dir} holds no complete deployment ({', '.join(missing)} missing); run "
+            f"glacier-mapping deploy --out {out_dir}."
+        )
+    return json.loads((out_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+
+
+def _pause_for_tests(stage: str) -> None:
+    """Wait once at ``stage`` when :data:`PAUSE_ENV` names it (a test hook; see there)."""
+    if os.environ.get(PAUSE_ENV) != stage:
+        return
+    del os.environ[PAUSE_ENV]
+    print(f"paused at {stage}", flush=True)
+    time.sleep(PAUSE_SECONDS)
 
 
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:
@@ -362,9 +534,13 @@ class DeployOptions:
             reproduces the original implementation's whole-scene probabilities.
         prefetch: read the next batch of windows in a background thread while the model runs.
         vector_strip_rows: rows per strip when vectorising the class raster.
+        allow_partial_coverage: map a scene that an input (DEM, SAR, thermal, another optical
+            file) covers only in part, instead of refusing it; the coverage is logged and
+            recorded in ``summary.json``.
 
     Raises:
-        DeploymentError: for a value out of range or an unknown precision or blend.
+        DeploymentError: for a value out of range or an unknown precision or blend; the
+            message names the command-line option.
     """
 
     coordinates: bool | None = None
@@ -377,13 +553,19 @@ class DeployOptions:
     blend: str = DEFAULT_BLEND
     prefetch: bool = True
     vector_strip_rows: int = 1024
+    allow_partial_coverage: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.mc_passes < 0 or self.vector_strip_rows < 1:
-            raise DeploymentError(
-                f"batch_size (>= 1), mc_passes (>= 0) and vector_strip_rows (>= 1) are out of "
-                f"range: {self.batch_size}, {self.mc_passes}, {self.vector_strip_rows}."
-            )
+        counts = [("--batch-size", self.batch_size, 1, "windows per model call", 8),
+                  ("--mc-passes", self.mc_passes, 0, "MC-dropout passes; 0 = deterministic", 0),
+                  ("vector_strip_rows", self.vector_strip_rows, 1, "rows per strip", 1024)]
+        counts += [(flag, value, 1, what, example) for flag, value, what, example in (
+            ("--patch-size", self.patch_size, "window size in pixels", 64),
+            ("--stride", self.stride, "window step in pixels", 32)) if value is not None]
+        for flag, value, minimum, what, example in counts:
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+                raise DeploymentError(f"{flag} must be an integer >= {minimum} ({what}), got "
+                                      f"{value!r}; e.g. {flag} {example}.")
         if self.precision not in PRECISIONS:
             raise DeploymentError(
                 f"precision={self.precision!r} is not one of {list(PRECISIONS)}; pass "
@@ -400,7 +582,8 @@ class DeployOptions:
         """The options of parsed ``glacier-mapping deploy`` arguments."""
         return cls(coordinates=args.coordinates, tta=args.tta, mc_passes=args.mc_passes,
                    patch_size=args.patch_size, stride=args.stride, batch_size=args.batch_size,
-                   precision=args.precision, blend=args.blend)
+                   precision=args.precision, blend=args.blend,
+                   allow_partial_coverage=args.allow_partial_coverage)
 
 
 @dataclass(frozen=True)
@@ -417,6 +600,8 @@ class _Setup:
     calibrator_path: str | os.PathLike[str] | None
     calibrator: Calibrator | None
     stride: int
+    coverage: dict[str, float]
+    notes: list[str]
 
 
 def deploy_scene(
@@ -436,13 +621,16 @@ def deploy_scene(
     ``confidence.tif`` (float32 calibrated confidence, nodata NaN, COG), ``glaciers.gpkg``
     (layer ``glaciers``: one polygon per 4-connected glacier component with ``area_km2``,
     ``mean_confidence``, ``estimated_iou``, ``scene`` and ``date``) and ``summary.json``.
+    Every input is checked first (a refused run creates nothing); the files are written to a
+    staging directory and published together, ``summary.json`` last, replacing a previous
+    set; a failure or interruption leaves the previous set (or nothing) in ``out_dir``.
 
     Args:
         source: the scene (its optical grid is the output grid).
         model_path: ``.keras`` model with dict sensor inputs; a ``model_card.json`` beside it
             may give ``patch_size`` and ``norm_stats`` (a statistics dict or a file path
             relative to the card); a ``norm_stats.json`` beside the model is used otherwise.
-        out_dir: output directory (created).
+        out_dir: output directory (created when needed).
         options: how to run the model (:class:`DeployOptions`); default its defaults.
         calibrator_path: calibrator JSON; without it ``confidence.tif`` holds uncalibrated
             confidence (1 - normalised entropy) and no IoU is estimated.
@@ -451,7 +639,8 @@ def deploy_scene(
         progress: show a progress bar.
 
     Raises:
-        DeploymentError: for a bad parameter, model, sensor mismatch or output directory.
+        DeploymentError: for a bad parameter, model, calibrator, sensor mismatch, partial
+            coverage or output directory.
         SceneError: for a scene smaller than one window or without valid pixels.
     """
     options = DeployOptions() if options is None else options
@@ -462,35 +651,39 @@ def deploy_scene(
         out_dir = Path(out_dir)
         setup = _prepare(source, Path(model_path), out_dir, options, calibrator_path,
                          region_vector_path, norm_stats)
-        paths = {name: out_dir / name for name in (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE,
-                                                     SUMMARY_FILE)}
-        totals = _predict_and_write(source, setup, paths, progress)
-        estimated = _estimated_iou(totals.pop("counts"), setup.calibrator)
-        vector_start = time.perf_counter()
-        polygon_count = _write_polygons(
-            _vectorise(paths[CLASS_FILE], paths[CONFIDENCE_FILE], options.vector_strip_rows),
-            source, estimated, paths[POLYGON_FILE],
-        )
-        seconds = dict(totals.pop("seconds"))
-        seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
-        seconds["total"] = round(time.perf_counter() - started, 3)
-        summary = _summary(source, setup, out_dir, paths, totals, polygon_count, estimated,
-                           seconds)
-        atomic_write_json(paths[SUMMARY_FILE], summary.to_json())
+        with _staging(out_dir) as staging:
+            staged = {name: staging / name for name in (CLASS_FILE, CONFIDENCE_FILE,
+                                                        POLYGON_FILE)}
+            totals = _predict_and_write(source, setup, staged, progress)
+            estimated = _estimated_iou(totals.pop("counts"), setup.calibrator)
+            vector_start = time.perf_counter()
+            polygon_count = _write_polygons(
+                _vectorise(staged[CLASS_FILE], staged[CONFIDENCE_FILE],
+                           options.vector_strip_rows),
+                source, estimated, staged[POLYGON_FILE],
+            )
+            seconds = dict(totals.pop("seconds"))
+            seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
+            seconds["total"] = round(time.perf_counter() - started, 3)
+            paths = {name: out_dir / name for name in OUTPUT_FILES}
+            summary = _summary(source, setup, out_dir, paths, totals, polygon_count, estimated,
+                               seconds)
+            _publish(staged, out_dir, summary)
         return summary
 
 
 def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
     """Open the scene of parsed ``glacier-mapping deploy`` arguments and deploy on it."""
+    options = DeployOptions.from_args(args)
     with SceneSource(
         args.optical, args.bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
         cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
         optical_scale=args.optical_scale, name=args.name, date=args.date,
     ) as source:
         return deploy_scene(
-            source, args.model, args.out, DeployOptions.from_args(args),
-            calibrator_path=args.calibrator, region_vector_path=args.region_vector,
-            norm_stats=args.norm_stats, progress=not args.no_progress,
+            source, args.model, args.out, options, calibrator_path=args.calibrator,
+            region_vector_path=args.region_vector, norm_stats=args.norm_stats,
+            progress=not args.no_progress,
         )
 
 
@@ -500,18 +693,65 @@ def _prepare(
     region_vector_path: str | os.PathLike[str] | None,
     norm_stats: NormStats | str | os.PathLike[str] | None,
 ) -> _Setup:
-    """Check the output directory, model, inputs and windows; load what the run needs."""
+    """Check every input and the output directory, creating nothing; load what the run needs."""
     precision = resolve_precision(options.precision)
+    calibrator = _load_calibrator(calibrator_path)
     _check_out_dir(out_dir)
     info, runner, card = _prepare_model(model_path, options.patch_size, precision)
     region_vector_path = None if region_vector_path is None else Path(region_vector_path)
     mode, region_vector = _check_inputs(source, info, options.coordinates, region_vector_path)
     stats = _norm_stats(norm_stats, model_path, card)
+    check_stats(stats, info.sensors)
     reader = _WindowReader(source, info.sensors, stats, info.patch_size, mode, region_vector)
-    calibrator = None if calibrator_path is None else load_calibrator(calibrator_path)
     stride = _check_windows(source, info, options.stride)
+    coverage, notes = _check_coverage(source, info.sensors, options.allow_partial_coverage)
     return _Setup(options, precision, model_path, info, runner, reader, region_vector_path,
-                  calibrator_path, calibrator, stride)
+                  calibrator_path, calibrator, stride, coverage, notes)
+
+
+def _load_calibrator(path: str | os.PathLike[str] | None) -> Calibrator | None:
+    """The calibrator of ``--calibrator`` (None without one), fully checked."""
+    if path is None:
+        return None
+    try:
+        return load_calibrator(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise DeploymentError(f"--calibrator: {error}") from None
+
+
+def _input_flags(source: SceneSource) -> dict[str, str]:
+    """The command-line option that supplied each input file."""
+    flags: dict[str, str] = {}
+    for sensor, channels in source.channels.items():
+        for index, channel in enumerate(channels):
+            if channel is not None:
+                flag = "--slope" if sensor == "dem" and index == 1 else SENSOR_FLAGS[sensor]
+                flags.setdefault(str(channel.path), flag)
+    return flags
+
+
+def _check_coverage(source: SceneSource, sensors: Sequence[str],
+                    allow_partial: bool) -> tuple[dict[str, float], list[str]]:
+    """Each input's coverage of the optical scene, and notes on partial ones.
+
+    Raises:
+        DeploymentError: naming every partly covering input, unless ``allow_partial``.
+    """
+    coverage = source.coverage(sensors)
+    flags = _input_flags(source)
+    partial = [f"{path} ({flags[path]}) covers {100 * fraction:.1f} % of the optical scene"
+               for path, fraction in coverage.items() if fraction < FULL_COVERAGE]
+    if partial and not allow_partial:
+        raise DeploymentError(
+            f"{'; '.join(partial)}: the map would be nodata elsewhere. Pass input files that "
+            "cover the whole optical scene, or --allow-partial-coverage to map only the "
+            "covered part."
+        )
+    notes = [f"{text}; pixels outside it are nodata (--allow-partial-coverage)."
+             for text in partial]
+    for note in notes:
+        logger.warning(note)
+    return {path: round(fraction, 6) for path, fraction in coverage.items()}, notes
 
 
 def _prepare_model(model_path: Path, patch_size: int | None,
@@ -539,7 +779,10 @@ def _check_inputs(source: SceneSource, info: _ModelInfo, coordinates: bool | Non
     mode = _location_mode(info, region_vector_path, coordinates)
     region_vector = None
     if mode == "region":
-        region_vector = load_region_vector(region_vector_path).astype(np.float32)
+        try:
+            region_vector = load_region_vector(region_vector_path).astype(np.float32)
+        except (FileNotFoundError, ValueError) as error:
+            raise DeploymentError(f"--region-vector: {error}") from None
     return mode, region_vector
 
 
@@ -558,12 +801,14 @@ def _check_windows(source: SceneSource, info: _ModelInfo, stride: int | None) ->
     size = info.patch_size
     stride = max(int(size * DEFAULT_STRIDE_FRACTION), 1) if stride is None else stride
     if not 1 <= stride <= size:
-        raise DeploymentError(f"stride must be in [1, {size}] (the patch size), got {stride}.")
+        raise DeploymentError(f"--stride must be in [1, {size}] (at most the patch size), got "
+                              f"{stride}.")
     height, width = source.shape
     if height < size or width < size:
         raise SceneError(
-            f"Scene {source.name!r} is {height} x {width} pixels, smaller than one {size} x "
-            f"{size} window; the minimum scene size for this model is {size} x {size}."
+            f"{source.grid_path}: scene {source.name!r} is {height} x {width} pixels, smaller "
+            f"than one {size} x {size} window; the minimum scene size for this model is {size} "
+            f"x {size}: pass a larger --optical scene."
         )
     source.check_not_empty(info.sensors)
     return stride
@@ -581,7 +826,7 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
              totals: dict[str, Any], polygon_count: int, estimated: float | None,
              seconds: dict[str, float]) -> DeploymentSummary:
     """What the deployment wrote and measured."""
-    notes = []
+    notes = list(setup.notes)
     if setup.calibrator is None:
         notes.append("No calibrator: confidence.tif is uncalibrated and no IoU is estimated; "
                      "pass --calibrator JSON.")
@@ -603,7 +848,8 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
         parameters={"tta": options.tta, "mc_passes": options.mc_passes, "stride": setup.stride,
                     "batch_size": options.batch_size, "precision": setup.precision,
                     "blend": options.blend, "prefetch": options.prefetch,
-                    "raster_format": totals["format"]},
+                    "raster_format": totals["format"],
+                    "allow_partial_coverage": options.allow_partial_coverage},
         pixels={"total": height * width, "valid": totals["valid"],
                 "glacier": totals["glacier"], "windows": totals["windows"]},
         glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
@@ -612,7 +858,7 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
                          if totals["valid"] else None),
         seconds=seconds,
         peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        notes=notes,
+        notes=notes, coverage=setup.coverage,
     )
 
 
@@ -683,9 +929,11 @@ def _predict_and_write(source: SceneSource, setup: _Setup, paths: dict[str, Path
                 tick = time.perf_counter()
                 writer.write(finished)
                 write_seconds += time.perf_counter() - tick
+                _pause_for_tests("predict")
                 tick = time.perf_counter()
         tick = time.perf_counter()
         totals["format"] = _to_cog(tiled[CLASS_FILE], paths[CLASS_FILE], "NEAREST")
+        _pause_for_tests("cog")
         _to_cog(tiled[CONFIDENCE_FILE], paths[CONFIDENCE_FILE], "AVERAGE")
         write_seconds += time.perf_counter() - tick
     finally:
@@ -795,6 +1043,21 @@ def _vectorise(class_path: Path, conf_path: Path, strip_rows: int) -> Iterator[_
             offset += count
 
 
+def _not_a_record_count(record: logging.LogRecord) -> bool:
+    """A log filter dropping pyogrio's "Created N records" note, and nothing else."""
+    return re.fullmatch(r"Created \d+ records", record.getMessage()) is None
+
+
+@contextmanager
+def _no_record_counts() -> Iterator[None]:
+    """Silence pyogrio's "Created N records" note during the block."""
+    _PYOGRIO_LOG.addFilter(_not_a_record_count)
+    try:
+        yield
+    finally:
+        _PYOGRIO_LOG.removeFilter(_not_a_record_count)
+
+
 def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated: float | None,
                     path: Path) -> int:
     """Write the outlines GeoPackage strip by strip, atomically; returns the polygon count."""
@@ -805,7 +1068,7 @@ def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated:
         metric = outline.estimate_utm_crs()
     factor = 1.0 if crs.is_geographic else crs.linear_units_factor[1]
     written = 0
-    with atomic_path(path) as temporary:
+    with atomic_path(path) as temporary, _no_record_counts():
         for index, polygons in enumerate(strips):
             count = len(polygons.geometries)
             geometry = gpd.GeoSeries(polygons.geometries, crs=crs)
@@ -826,6 +1089,7 @@ def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated:
                 frame.to_file(temporary, layer=POLYGON_LAYER, driver="GPKG",
                               mode="w" if index == 0 else "a")
             written += count
+            _pause_for_tests("vectorise")
     return written
 
 
@@ -873,6 +1137,9 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"window weights (default {DEFAULT_BLEND}: Gaussian, sigma = patch/8; "
                              "original: the original implementation's wide Gaussian; uniform: "
                              "plain mean)")
+    parser.add_argument("--allow-partial-coverage", action="store_true",
+                        help="map a scene that an input (e.g. the DEM) covers only in part "
+                             "(default: refuse it); the coverage is recorded in summary.json")
     parser.add_argument("--name", help="scene name (default: first optical file name)")
     parser.add_argument("--date", help="acquisition date YYYY-MM-DD (default: from file tags)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -880,14 +1147,24 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def deploy_from_args(args: argparse.Namespace) -> int:
-    """Run ``glacier-mapping deploy``; returns the exit code (2 for a usage or input error)."""
+    """Run ``glacier-mapping deploy``; returns the exit code.
+
+    2 for a usage or input error; 130 (SIGINT, Ctrl-C) or 143 (SIGTERM) when interrupted,
+    after removing the run's partial files.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = run_deploy(args)
+        with _signal_handler(_interrupt):
+            summary = run_deploy(args)
     except (SceneError, DeploymentError, FileNotFoundError, ValueError) as error:
         print(f"glacier-mapping deploy: error: {error}", file=sys.stderr)
         return 2
+    except DeployInterrupted as stop:
+        print(f"glacier-mapping deploy: interrupted by {signal.Signals(stop.signum).name}; "
+              f"no partial outputs were left in {args.out} (rerun the command to map the "
+              "scene).", file=sys.stderr)
+        return 128 + stop.signum
     iou = "n/a" if summary.estimated_iou is None else f"{summary.estimated_iou:.3f}"
     print(f"{summary.scene}: {summary.glacier_area_km2:.2f} km2 of glacier in "
           f"{summary.polygon_count} polygons, estimated IoU {iou}; outputs in {summary.out_dir}")

@@ -14,17 +14,22 @@ TensorFlow) are imported normally where they are needed.
 
 from __future__ import annotations
 
-import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
 
 
 def lazy_module(name: str) -> ModuleType:
-    """Module ``name``, executed on first attribute access (``importlib.util.LazyLoader``)."""
+    """Module ``name``, executed on first attribute access (``importlib.util.LazyLoader``).
+
+    A submodule is found without importing its package (``glacier_mapping.models.weights``
+    does not load Keras through ``glacier_mapping.models``); it is bound to its package when
+    the package is already imported, as the import system would.
+    """
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
+    spec = _find_spec(name)
     if spec is None or spec.loader is None:
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     loader = importlib.util.LazyLoader(spec.loader)
@@ -33,6 +38,17 @@ def lazy_module(name: str) -> ModuleType:
     sys.modules[name] = module
     loader.exec_module(module)
     parent, _, child = name.rpartition(".")
-    if parent:  # as the import system does: a submodule is an attribute of its package
-        setattr(importlib.import_module(parent), child, module)
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, module)
     return module
+
+
+def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of ``name``, looking inside its package's folders without importing it."""
+    parent, _, _ = name.rpartition(".")
+    if not parent or parent in sys.modules:
+        return importlib.util.find_spec(name)
+    package = _find_spec(parent)
+    if package is None or package.submodule_search_locations is None:
+        return None
+    return importlib.machinery.PathFinder.find_spec(name, package.submodule_search_locations)

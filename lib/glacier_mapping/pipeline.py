@@ -1,30 +1,38 @@
 """Papermill pipeline runner: executes the numbered notebooks under a profile, writes a manifest.
 
 Notebooks run one kernel at a time, in file order, each from the notebooks directory. Each
-executed notebook is written to ``<output_dir>/notebooks/`` only when it succeeded; a failed one is
-kept as ``*.failed.ipynb`` for inspection and is never rendered into the book.
+executed notebook is written to ``<output_dir>/notebooks/`` only when it succeeded; a failed or
+interrupted one is kept as ``*.failed.ipynb`` for inspection and is never rendered into the book.
+The profile, the notebooks' parameters cells and a given ``data_dir`` are checked before anything
+is written or any kernel starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import ensure_event_loop
 from traitlets import default
 
 from glacier_mapping.config import Profile, load_profile
+from glacier_mapping.data.benchmark import open_benchmark
 from glacier_mapping.machine import cpu_description
 from glacier_mapping.store import NOTEBOOK_ENV, ArtifactStore, atomic_path, atomic_write_json
+from glacier_mapping.workflow import check_benchmark
 
 #: Packages whose versions the manifest records.
 RECORDED_PACKAGES: tuple[str, ...] = (
@@ -59,7 +67,10 @@ def discover_notebooks(notebook_dir: str | Path) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``) of a directory, in pipeline order."""
     notebooks = sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
-        raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) found in {notebook_dir}.")
+        raise FileNotFoundError(
+            f"No numbered notebooks (NN_name.ipynb) found in {notebook_dir}; run from the "
+            "repository root, where they are in notebooks/."
+        )
     return notebooks
 
 
@@ -143,15 +154,57 @@ class _LocalKernelManager(AsyncKernelManager):
     def _default_transport(self) -> str:
         return "ipc"
 
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        """Stop the kernel without interrupting it: ask an idle one, kill a busy one.
+
+        jupyter_client interrupts (SIGINT) every kernel before asking it to shut down; a
+        kernel still finishing its last message then logs "KeyboardInterrupt caught in
+        kernel", or leaves its event loop with tasks pending that print "Task was destroyed
+        but it is pending!" on the terminal as it exits. The runner stops a kernel after its
+        last cell, or during a cell when the runner is interrupted (Ctrl-C): then nbclient's
+        tasks polling the cell are cancelled and awaited first, and the kernel is killed with
+        its worker processes.
+        """
+        running = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if now or running:
+            await self.signal_kernel(signal.SIGKILL)
+        else:
+            await self.request_shutdown(restart=restart)
+        await self.finish_shutdown(restart=restart)
+        await self.cleanup_resources(restart=restart)
+
+
+@contextmanager
+def _event_loop() -> Iterator[None]:
+    """The event loop Papermill drives a kernel from, closed cleanly after the notebook.
+
+    jupyter_core keeps one loop per thread open for good; tasks left on it would be destroyed
+    pending at exit ("Task was destroyed but it is pending!"). As ``asyncio.run`` does, what
+    is left is cancelled and awaited and the loop closed; the next notebook gets a new one.
+    """
+    loop = ensure_event_loop()
+    try:
+        yield
+    finally:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
 
 def execute_notebook(
     notebook: Path, output_dir: Path, parameters: dict[str, Any], timeout: float | None = None
 ) -> NotebookRun:
     """Execute one notebook with Papermill; raise :class:`NotebookFailed` if a cell raises."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    check_declared_parameters(notebook, parameters)
     executed_dir = output_dir / "notebooks"
     executed_dir.mkdir(parents=True, exist_ok=True)
     final = executed_dir / notebook.name
@@ -163,7 +216,8 @@ def execute_notebook(
     os.environ[NOTEBOOK_ENV] = notebook.stem
     start = time.perf_counter()
     try:
-        with _PeakMemory() as memory, atomic_path(final, keep_failed=failed) as partial:
+        with (_PeakMemory() as memory, atomic_path(final, keep_failed=failed) as partial,
+              _event_loop()):
             papermill.execute_notebook(
                 str(notebook), str(partial), parameters=parameters, kernel_name="python3",
                 cwd=str(notebook.parent), progress_bar=False, log_output=False,
@@ -176,6 +230,11 @@ def execute_notebook(
             f"{notebook.name} failed in cell {cell} (`{first_line[0][:60]}`): "
             f"{error.ename}: {error.evalue}\n"
             f"The executed notebook with the traceback is {failed}."
+        ) from None
+    except DeadKernelError:
+        raise NotebookFailed(
+            f"{notebook.name}: the kernel died (killed, e.g. out of memory); the notebook "
+            f"executed so far is {failed}."
         ) from None
     finally:
         for key, value in env_backup.items():
@@ -247,13 +306,27 @@ def run_pipeline(
 
     Returns:
         The manifest. Raises :class:`NotebookFailed` at the first failing notebook (the manifest
-        is written first, with that notebook's status ``failed``).
+        is written first, with that notebook's status ``failed``; ``interrupted`` on Ctrl-C).
+
+    Raises:
+        ValueError, OSError: for a bad profile, notebook selection, parameters cell or
+            benchmark (:class:`~glacier_mapping.config.ProfileError`,
+            :class:`~glacier_mapping.data.tiles.TileFormatError`, ...), before anything is
+            written.
     """
     profile: Profile = load_profile(profile_name, seed=seed)
     notebook_dir = Path(notebook_dir).resolve()
     output_dir = (Path(output_root) / profile.name).resolve()
     data_path = str(Path(data_dir).resolve()) if data_dir else ""
     notebooks = select_notebooks(discover_notebooks(notebook_dir), only)
+    parameters = {
+        "profile": profile.name if _is_packaged(profile) else str(Path(profile.source).resolve()),
+        "data_dir": data_path, "output_dir": str(output_dir), "seed": profile.seed,
+    }
+    for notebook in notebooks:
+        check_declared_parameters(notebook, parameters)
+    if data_path:
+        check_benchmark(open_benchmark(data_path), output_dir / "cache")
     manifest_path = output_dir / "manifest.json"
     manifest: dict[str, Any] = {
         "profile": profile.as_dict(), "seed": profile.seed, "data_dir": data_path or "synthetic",
@@ -267,22 +340,19 @@ def run_pipeline(
     total_start = time.perf_counter()
     echo(f"Running {len(notebooks)} notebook(s) under profile '{profile.name}' -> {output_dir}")
     for index, notebook in enumerate(notebooks, start=1):
-        parameters = {
-            "profile": profile.name if _is_packaged(profile) else profile.source,
-            "data_dir": data_path, "output_dir": str(output_dir), "seed": profile.seed,
-        }
         echo(f"[{index}/{len(notebooks)}] {notebook.stem} ...")
         events_before = len(store.events())
         try:
             run = execute_notebook(notebook, output_dir, parameters)
-        except NotebookFailed as failure:
+        except (NotebookFailed, KeyboardInterrupt) as stop:
+            status = "failed" if isinstance(stop, NotebookFailed) else "interrupted"
             manifest["notebooks"].append(
-                {"notebook": notebook.stem, "status": "failed", "error": str(failure),
+                {"notebook": notebook.stem, "status": status, "error": str(stop) or status,
                  "parameters": parameters}
             )
-            manifest["status"] = "failed"
+            manifest["status"] = status
             atomic_write_json(manifest_path, manifest)
-            echo(f"FAIL {notebook.stem}")
+            echo(f"{'FAIL' if status == 'failed' else 'STOP'} {notebook.stem}")
             raise
         events = store.events()[events_before:]
         # Distinct artifacts: one computed by a worker process and then read by the

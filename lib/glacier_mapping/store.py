@@ -123,6 +123,20 @@ def atomic_copy(source: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
+def publish_set(staged: Mapping[str, Path], out_dir: str | Path, marker: str,
+                marker_data: Any) -> Path:  # noqa: ANN401
+    """Move staged files into ``out_dir`` as one set, with a JSON ``marker`` written last.
+
+    The previous marker is removed first, so a reader that trusts a folder only when its marker
+    is present never takes a mix of two sets for a complete one.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / marker).unlink(missing_ok=True)
+    for name, path in staged.items():
+        os.replace(path, out_dir / name)
+    return atomic_write_json(out_dir / marker, marker_data)
+
+
 class ArtifactStore:
     """A cache of artifacts under one root directory (``outputs/<profile>/cache``)."""
 

@@ -4,7 +4,8 @@ A chapter calls :func:`open_context` with its Papermill parameters and gets a :c
 holding the profile, the artifact store, the benchmark files and a fingerprint of the data that
 keys every model trained on it. With ``data_dir`` empty the synthetic benchmark of the profile
 is generated (once, through the store); otherwise ``data_dir`` is opened as is (the real
-benchmark or any directory in its layout).
+benchmark or any directory in its layout). Either way its tile files are checked once per data
+fingerprint (:func:`check_benchmark`), before any chapter reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from glacier_mapping.metrics import write_metrics
 from glacier_mapping.store import ArtifactStore
 
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+#: Artifact kind recording that a benchmark passed :func:`check_benchmark`.
+BENCHMARK_CHECK = "benchmark_check"
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,28 @@ def data_fingerprint(files: BenchmarkFiles) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_benchmark(files: BenchmarkFiles, cache: Path) -> str:
+    """Validate a benchmark once per data fingerprint; return the fingerprint.
+
+    The check (:meth:`BenchmarkFiles.validate`) is recorded in the artifact store at ``cache``,
+    so later chapters skip it; a benchmark that fails it leaves nothing behind.
+
+    Raises:
+        TileFormatError: naming the file, the tile, the field and the fix.
+        ValueError: if ``norm_stats.json`` is not valid statistics.
+    """
+    key = data_fingerprint(files)
+    params = {"data": key}
+    checked = cache.is_dir() and ArtifactStore(cache).exists(BENCHMARK_CHECK, params)
+    tiles = {} if checked else files.validate()
+    ArtifactStore(cache).get_or_create(BENCHMARK_CHECK, params, lambda _: {"tiles": tiles})
+    return key
+
+
 def open_context(
     profile: str, data_dir: str | Path = "", output_dir: str | Path = "", seed: int | None = None
 ) -> Context:
-    """Load the profile, open the store and open or generate the benchmark.
+    """Load the profile, open the store and open or generate and check the benchmark.
 
     Args:
         profile: Profile name or YAML path.
@@ -104,10 +125,12 @@ def open_context(
     store = ArtifactStore(out / "cache")
     if str(data_dir):
         files = open_benchmark(Path(data_dir))
-        return Context(loaded, out, store, files, data_fingerprint(files), synthetic=False)
+        return Context(loaded, out, store, files, check_benchmark(files, store.root),
+                       synthetic=False)
     spec = loaded.data
     artifact = store.get_or_create(
         "benchmark", spec.to_dict(), lambda tmp: {"summary": str(build_benchmark(spec, tmp).root)}
     )
     files = open_benchmark(artifact.path)
+    check_benchmark(files, store.root)
     return Context(loaded, out, store, files, artifact.key, synthetic=True)

@@ -26,6 +26,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
+from numbers import Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,6 +107,56 @@ class ConfidenceMapCalibrator(Calibrator):
             raise ValueError(f"{type(self).__name__} is not fitted; call fit() first.")
 
 
+def _number(data: dict[str, Any], name: str, low: float | None = None, high: float | None = None,
+            positive: bool = False) -> float:
+    """Field ``name`` of calibrator JSON as a finite float in range, or a ValueError naming it."""
+    value = data[name]
+    if not _in_range(value, low, high, positive):
+        raise ValueError(f"field {name!r} must be {_describe(low, high, positive)}; got {value!r}.")
+    return float(value)
+
+
+def _numbers(data: dict[str, Any], name: str, low: float | None = None,
+             high: float | None = None, increasing: bool = False) -> np.ndarray:
+    """Field ``name`` as a non-empty float64 array of finite numbers in range (and sorted)."""
+    values = data[name]
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"field {name!r} must be a non-empty list of numbers; got {values!r:.80}.")
+    for index, value in enumerate(values):
+        if not _in_range(value, low, high, False):
+            raise ValueError(f"field {name!r} item {index} must be {_describe(low, high, False)}; "
+                             f"got {value!r}.")
+    array = np.asarray(values, dtype=np.float64)
+    if increasing and np.any(np.diff(array) < 0):
+        index = int(np.argmax(np.diff(array) < 0)) + 1
+        raise ValueError(f"field {name!r} must be sorted in increasing order; item {index} "
+                         f"({array[index]}) is below item {index - 1} ({array[index - 1]}).")
+    return array
+
+
+def _same_length(data: dict[str, Any], first: str, second: str) -> None:
+    if len(data[first]) != len(data[second]):
+        raise ValueError(f"fields {first!r} ({len(data[first])} values) and {second!r} "
+                         f"({len(data[second])} values) must have the same length.")
+
+
+def _in_range(value: Any, low: float | None, high: float | None,  # noqa: ANN401
+              positive: bool) -> bool:
+    """Whether ``value`` is a finite real number (not a bool) within the bounds."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        return False
+    return ((low is None or value >= low) and (high is None or value <= high)
+            and (not positive or value > 0))
+
+
+def _describe(low: float | None, high: float | None, positive: bool) -> str:
+    if positive:
+        return "a finite number > 0"
+    if low is not None and high is not None:
+        return f"a finite number in [{low:g}, {high:g}]"
+    return "a finite number" + ("" if low is None else f" >= {low:g}")
+
+
 def _as_table(data: CalibrationData | ReliabilityTable) -> ReliabilityTable:
     if isinstance(data, CalibrationData):
         return data.table
@@ -145,9 +196,9 @@ class KernelRidgeCalibrator(ConfidenceMapCalibrator):
     def __init__(
         self, gamma: float = 1.0, alpha_scale: float = 0.01, weight_power: float = 0.1
     ) -> None:
-        if gamma <= 0:
+        if not gamma > 0:
             raise ValueError(f"gamma must be positive; got {gamma}.")
-        if alpha_scale < 0:
+        if not alpha_scale >= 0:
             raise ValueError(f"alpha_scale must be non-negative; got {alpha_scale}.")
         self.gamma = float(gamma)
         self.alpha_scale = float(alpha_scale)
@@ -195,11 +246,12 @@ class KernelRidgeCalibrator(ConfidenceMapCalibrator):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> KernelRidgeCalibrator:
         """Rebuild from :meth:`to_json` output."""
-        calibrator = cls(data["gamma"], data["alpha_scale"], data["weight_power"])
-        calibrator.support = np.asarray(data["support"], dtype=np.float64)
-        calibrator.dual_coef = np.asarray(data["dual_coef"], dtype=np.float64)
-        if calibrator.support.shape != calibrator.dual_coef.shape:
-            raise ValueError("kernel_ridge JSON: 'support' and 'dual_coef' differ in length.")
+        calibrator = cls(_number(data, "gamma", positive=True),
+                         _number(data, "alpha_scale", low=0.0),
+                         _number(data, "weight_power", low=0.0))
+        calibrator.support = _numbers(data, "support", 0.0, 1.0)
+        calibrator.dual_coef = _numbers(data, "dual_coef")
+        _same_length(data, "support", "dual_coef")
         return calibrator
 
 
@@ -244,10 +296,9 @@ class IsotonicCalibrator(ConfidenceMapCalibrator):
     def from_json(cls, data: dict[str, Any]) -> IsotonicCalibrator:
         """Rebuild from :meth:`to_json` output."""
         calibrator = cls()
-        calibrator.x_thresholds = np.asarray(data["x_thresholds"], dtype=np.float64)
-        calibrator.y_thresholds = np.asarray(data["y_thresholds"], dtype=np.float64)
-        if calibrator.x_thresholds.shape != calibrator.y_thresholds.shape:
-            raise ValueError("isotonic JSON: 'x_thresholds' and 'y_thresholds' differ in length.")
+        calibrator.x_thresholds = _numbers(data, "x_thresholds", 0.0, 1.0, increasing=True)
+        calibrator.y_thresholds = _numbers(data, "y_thresholds", 0.0, 1.0, increasing=True)
+        _same_length(data, "x_thresholds", "y_thresholds")
         return calibrator
 
 
@@ -275,7 +326,7 @@ class TemperatureCalibrator(Calibrator):
 
     def __init__(self, temperature: float = 1.0, bounds: tuple[float, float] = (0.05, 20.0)
                  ) -> None:
-        if temperature <= 0 or not 0 < bounds[0] < bounds[1]:
+        if not (temperature > 0 and 0 < bounds[0] < bounds[1]):
             raise ValueError(
                 f"temperature and bounds must be positive with bounds[0] < bounds[1]; got "
                 f"{temperature}, {bounds}."
@@ -325,7 +376,11 @@ class TemperatureCalibrator(Calibrator):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TemperatureCalibrator:
         """Rebuild from :meth:`to_json` output."""
-        return cls(data["temperature"], tuple(data["bounds"]))
+        bounds = _numbers(data, "bounds", low=0.0)
+        if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+            raise ValueError(f"field 'bounds' must be two numbers 0 < low < high; got "
+                             f"{data['bounds']!r}.")
+        return cls(_number(data, "temperature", positive=True), (bounds[0], bounds[1]))
 
 
 CALIBRATORS: dict[str, type[Calibrator]] = {
@@ -336,16 +391,29 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
 def calibrator_from_json(data: dict[str, Any]) -> Calibrator:
     """Rebuild any calibrator from its JSON dictionary, dispatching on ``kind``.
 
+    Every numeric field is checked: a number (not a string or bool), finite, in range;
+    arrays non-empty, of equal length and sorted where the method needs it.
+
     Raises:
-        ValueError: if ``kind`` is missing or unknown, or a field is missing.
+        ValueError: if ``kind`` is missing or unknown, or a field is missing or invalid (the
+            message names the field).
     """
-    kind = data.get("kind") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"a calibrator JSON holds an object with a 'kind' field, not a "
+                         f"{type(data).__name__}.")
+    kind = data.get("kind")
     if kind not in CALIBRATORS:
         raise ValueError(f"Unknown calibrator kind {kind!r}; expected one of {list(CALIBRATORS)}.")
+    version = data.get("format_version", _FORMAT_VERSION)
     try:
+        if isinstance(version, bool) or version != _FORMAT_VERSION:
+            raise ValueError(f"field 'format_version' is {version!r}; this library reads "
+                             f"version {_FORMAT_VERSION}.")
         return CALIBRATORS[kind].from_json(data)
     except KeyError as error:
-        raise ValueError(f"{kind} calibrator JSON lacks the field {error}.") from None
+        raise ValueError(f"invalid {kind} calibrator: the field {error} is missing.") from None
+    except ValueError as error:
+        raise ValueError(f"invalid {kind} calibrator: {error}") from None
 
 
 def load_calibrator(path: str | os.PathLike[str]) -> Calibrator:
@@ -353,13 +421,21 @@ def load_calibrator(path: str | os.PathLike[str]) -> Calibrator:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a calibrator JSON.
+        ValueError: if the file is not a calibrator JSON or a field is invalid (the message
+            names the file and the field).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No calibrator file at {path}; fit one and save() it first.")
+    fix = ("use a calibrator saved by this library (chapter 05 writes "
+           "outputs/<profile>/calibration/<model>.json)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or error}); {fix}.") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({error}); {fix}.") from None
+    try:
         return calibrator_from_json(data)
-    except (json.JSONDecodeError, ValueError) as error:
-        raise ValueError(f"{path} is not a valid calibrator JSON: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {str(error).rstrip('.')}. Fix it, or {fix}.") from None

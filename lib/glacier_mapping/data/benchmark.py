@@ -48,11 +48,14 @@ from glacier_mapping.data.tiles import (
     load_norm_stats,
     make_tile,
     open_tile_file,
+    validate_file,
     write_tiles,
 )
 from glacier_mapping.store import atomic_path, atomic_write_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Tiles per file whose values :meth:`BenchmarkFiles.validate` reads (one row each).
+SAMPLED_TILES = 64
 INDEPENDENT_SENSORS: tuple[str, ...] = ("optical", "dem")
 _BAND_NAMES = {
     "optical": ("blue", "green", "red", "nir", "swir1", "swir2"),
@@ -188,6 +191,22 @@ class BenchmarkFiles:
     def stats(self) -> NormStats:
         """Normalisation statistics (the paper's ranges when no JSON is present)."""
         return load_norm_stats(self.root)
+
+    def validate(self, sample: int = SAMPLED_TILES) -> dict[str, int]:
+        """Check every tile file and the statistics cheaply; the tile count per split.
+
+        Every tile's layout is checked from the HDF5 metadata, values only in ``sample`` tiles
+        per file (:func:`~glacier_mapping.data.tiles.validate_file`).
+
+        Raises:
+            TileFormatError: naming the file, the tile, the field and the fix.
+            ValueError: if ``norm_stats.json`` is not valid statistics.
+        """
+        self.stats()
+        named = {"train": self.train, "val": self.val, "test": self.test,
+                 "independent": self.independent}
+        return {split: validate_file(path, sample=sample)
+                for split, path in named.items() if path is not None}
 
     def summary(self) -> pd.DataFrame:
         """Tiles and glacier share (of unpadded pixels) per region, subregion, split and date."""
@@ -444,7 +463,10 @@ def _find(root: Path, split: str, tag: str | None) -> Path | None:
 
 
 def open_benchmark(data_dir: str | Path, tag: str | None = None) -> BenchmarkFiles:
-    """Open an existing benchmark directory (ours or the paper's files).
+    """Open an existing benchmark directory (ours or the paper's files) without reading tiles.
+
+    :meth:`BenchmarkFiles.validate` checks the tiles (``workflow.open_context`` does, once per
+    data fingerprint).
 
     Args:
         data_dir: the directory.
@@ -457,8 +479,8 @@ def open_benchmark(data_dir: str | Path, tag: str | None = None) -> BenchmarkFil
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"Benchmark directory {root} does not exist; build it with build_benchmark() or "
-            "download the paper's files (doi:10.11582/2024.00168) into it."
+            f"Benchmark directory {root} does not exist; pass an existing directory, build one "
+            "with build_benchmark() or download the paper's files (doi:10.11582/2024.00168)."
         )
     found = {split: _find(root, split, tag) for split in SPLITS}
     missing = [split for split, path in found.items() if path is None]

@@ -14,6 +14,7 @@ nodata; invalid pixels are filled with 0 for the model.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -145,6 +146,18 @@ def _parse_bands(bands: Sequence[str] | str, counts: Sequence[int], paths: Seque
     return [places[names.index(name)] for name in OPTICAL_BANDS]
 
 
+def _check_date(date: str | None) -> None:
+    """Refuse a ``--date`` that is not ``YYYY-MM-DD``."""
+    if date is None:
+        return
+    try:
+        datetime.date.fromisoformat(str(date))
+    except ValueError:
+        raise SceneError(
+            f"--date {date!r} is not a date; pass YYYY-MM-DD, e.g. 2020-08-01."
+        ) from None
+
+
 def _acquisition_date(dataset: rasterio.io.DatasetReader) -> str | None:
     """Acquisition date from common metadata tags, if any."""
     tags = {key.upper(): value for key, value in dataset.tags().items()}
@@ -273,13 +286,19 @@ class SceneSource:
         if slope is not None and dem is None:
             raise SceneError("A slope file (--slope) was given without a DEM (--dem); add --dem.")
         if not (math.isfinite(optical_scale) and optical_scale > 0):
-            raise SceneError(f"optical_scale must be a positive number, got {optical_scale}.")
+            raise SceneError(
+                f"--optical-scale must be a positive number, got {optical_scale}; pass the factor "
+                "turning file values into reflectance (e.g. 0.0001 for Sentinel-2 L1C)."
+            )
+        _check_date(date)
         self.optical_scale = float(optical_scale)
         self._readers: dict[Path, rasterio.io.DatasetReader | WarpedVRT] = {}
         self._sources: list[rasterio.io.DatasetReader] = []
         self.alignment: dict[str, str] = {}
         first = self._check_file(paths[0], None)
         self.grid = Grid(first.crs, first.transform, first.height, first.width)
+        #: The first optical file: it defines the grid and the optical scene.
+        self.grid_path = paths[0]
         self.name = name or paths[0].stem
         self.date = date or _acquisition_date(first)
         datasets = [first] + [self._check_file(p, "optical") for p in paths[1:]]
@@ -480,6 +499,43 @@ class SceneSource:
         x, y = self.grid.transform @ (col + width / 2.0, row + height / 2.0)
         lon, lat = warp_transform(self.grid.crs, "EPSG:4326", [x], [y])
         return float(lon[0]), float(lat[0])
+
+    def coverage(self, sensors: Sequence[str] | None = None,
+                 strip_rows: int = 256) -> dict[str, float]:
+        """Fraction of the optical scene where each input file has data.
+
+        The optical scene is the pixels where the first optical file (:attr:`grid_path`) has
+        data; a file covers a pixel where its bands, aligned to the grid, are finite and not
+        nodata. The files are read once, strip by strip.
+
+        Returns:
+            Each file of the requested sensors but the first optical one (its path as text) ->
+            covered fraction in [0, 1].
+        """
+        files: dict[Path, list[tuple[str, _Channel]]] = {}
+        for sensor in self.requested(sensors):
+            for channel in self.channels[sensor]:
+                if channel is not None:
+                    files.setdefault(channel.path, []).append((sensor, channel))
+        files.pop(self.grid_path, None)
+        scene = [("optical", channel) for channel in self.channels["optical"]
+                 if channel.path == self.grid_path] or [("optical", _Channel(self.grid_path, 1))]
+        covered = dict.fromkeys(files, 0)
+        total = 0
+        for row in range(0, self.grid.height, strip_rows):
+            window = Window(0, row, self.grid.width, min(strip_rows, self.grid.height - row))
+            inside = self._has_data(scene, window)
+            total += int(inside.sum())
+            for path, channels in files.items():
+                covered[path] += int((inside & self._has_data(channels, window)).sum())
+        return {str(path): count / total if total else 0.0 for path, count in covered.items()}
+
+    def _has_data(self, channels: Sequence[tuple[str, _Channel]], window: Window) -> np.ndarray:
+        """Where every (sensor, channel) is finite in physical units, ``(h, w)``."""
+        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+        for sensor, channel in channels:
+            valid &= np.isfinite(self.to_physical(sensor, self._read([channel], window)))[0]
+        return valid
 
     def check_not_empty(self, sensors: Sequence[str] | None = None, strip_rows: int = 256) -> None:
         """Scan the scene strip by strip until a valid pixel is found.

@@ -294,7 +294,9 @@ def open_tile_file(path: str | Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise TileFormatError(f"{path}: not a readable HDF5 file ({error}).") from None
+        raise TileFormatError(
+            f"{path}: not a readable HDF5 file ({error}); copy it again or rebuild the benchmark."
+        ) from None
 
 
 def list_tiles(path: str | Path, regions: Iterable[str] | None = None) -> list[str]:
@@ -327,13 +329,27 @@ def _attrs(group: h5py.Group) -> dict[str, object]:
     return attrs
 
 
-def _read_group(path: Path, name: str, group: h5py.Group, sensors: tuple[str, ...] | None) -> Tile:
-    """Read and check one group."""
-    where = f"{path}, tile {name}"
+_FIX = "re-export it with make_tile and write_tiles, or remove the tile from the file"
+
+
+def _checked_attrs(where: str, group: h5py.Group) -> dict[str, object]:
+    """The group's attributes, checked: the required ones present, the padding consistent."""
     attrs = _attrs(group)
     missing = [key for key in REQUIRED_ATTRS if key not in attrs]
     if missing:
-        raise TileFormatError(f"{where}: missing attribute(s) {missing}.")
+        raise TileFormatError(f"{where}: missing attribute(s) {missing}; {_FIX}.")
+    top, left = int(attrs["padding_height"]), int(attrs["padding_width"])
+    original = int(attrs["original_height"]), int(attrs["original_width"])
+    height, width = int(attrs["height"]), int(attrs["width"])
+    if top + original[0] > height or left + original[1] > width:
+        raise TileFormatError(
+            f"{where}: padding and original size exceed ({height}, {width}); {_FIX}."
+        )
+    return attrs
+
+
+def _sensors(where: str, group: h5py.Group, sensors: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The sensors to read: ``sensors``, all present in the tile, or every sensor it has."""
     present = tuple(sensor for sensor in SENSORS if sensor in group)
     wanted = present if sensors is None else sensors
     absent = [sensor for sensor in wanted if sensor not in group]
@@ -342,18 +358,50 @@ def _read_group(path: Path, name: str, group: h5py.Group, sensors: tuple[str, ..
             f"{where}: sensor(s) {absent} requested but the tile has only {list(present)}; "
             "choose sensors every tile has or filter tiles by region."
         )
+    return wanted
+
+
+def _dataset(where: str, group: h5py.Group, name: str, shape: tuple[int, ...]) -> h5py.Dataset:
+    """One dataset of a tile, checked from its metadata: numbers of the expected shape."""
+    item = group[name]
+    if not isinstance(item, h5py.Dataset):
+        raise TileFormatError(f"{where}: {name!r} is not a dataset; {_FIX}.")
+    if item.shape != shape:
+        raise TileFormatError(
+            f"{where}: {name!r} has shape {item.shape}, expected {shape} (H x W x C, "
+            f"channels last, H and W from the height/width attributes); {_FIX}."
+        )
+    if item.dtype.kind not in "biuf":
+        raise TileFormatError(f"{where}: {name!r} holds {item.dtype}, not numbers; {_FIX}.")
+    return item
+
+
+def _values(where: str, item: h5py.Dataset, name: str, rows: int | slice) -> np.ndarray:
+    """Rows of a dataset as float32, refused if any is NaN or infinite."""
+    try:
+        array = np.asarray(item[rows], dtype=np.float32)
+    except OSError as error:
+        raise TileFormatError(f"{where}: {name!r} cannot be read ({error}).") from None
+    if not np.isfinite(array).all():
+        raise TileFormatError(f"{where}: {name!r} contains NaN or infinite values; {_FIX}.")
+    return array
+
+
+def _read_group(path: Path, name: str, group: h5py.Group, sensors: tuple[str, ...] | None) -> Tile:
+    """Read and check one group."""
+    where = f"{path}, tile {name}"
+    attrs = _checked_attrs(where, group)
     height, width = int(attrs["height"]), int(attrs["width"])
-    features = {}
-    for sensor in wanted:
-        array = _read_array(where, group, sensor, (height, width, SENSOR_CHANNELS[sensor]))
-        features[sensor] = array
-    labels = None
-    if LABEL_DATASET in group:
-        labels = _read_array(where, group, LABEL_DATASET, (height, width, NUM_CLASSES))
+
+    def read(dataset: str, channels: int) -> np.ndarray:
+        item = _dataset(where, group, dataset, (height, width, channels))
+        return _values(where, item, dataset, slice(None))
+
+    features = {sensor: read(sensor, SENSOR_CHANNELS[sensor])
+                for sensor in _sensors(where, group, sensors)}
+    labels = read(LABEL_DATASET, NUM_CLASSES) if LABEL_DATASET in group else None
     top, left = int(attrs["padding_height"]), int(attrs["padding_width"])
     original = int(attrs["original_height"]), int(attrs["original_width"])
-    if top + original[0] > height or left + original[1] > width:
-        raise TileFormatError(f"{where}: padding and original size exceed ({height}, {width}).")
     valid = np.zeros((height, width), dtype=bool)
     valid[top : top + original[0], left : left + original[1]] = True
     bounds = tuple(float(attrs[key]) for key in ("xmin", "xmax", "ymin", "ymax"))
@@ -361,25 +409,6 @@ def _read_group(path: Path, name: str, group: h5py.Group, sensors: tuple[str, ..
         name, _text(attrs["region"]), _text(attrs["subregion"]), features, labels, valid,
         bounds, attrs,
     )
-
-
-def _read_array(where: str, group: h5py.Group, dataset: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Read one dataset as float32 and check its shape and values."""
-    item = group[dataset]
-    if not isinstance(item, h5py.Dataset):
-        raise TileFormatError(f"{where}: {dataset!r} is not a dataset.")
-    if item.shape != shape:
-        raise TileFormatError(
-            f"{where}: {dataset!r} has shape {item.shape}, expected {shape} (H x W x C, "
-            "channels last, H and W from the height/width attributes)."
-        )
-    try:
-        array = np.asarray(item[()], dtype=np.float32)
-    except OSError as error:
-        raise TileFormatError(f"{where}: {dataset!r} cannot be read ({error}).") from None
-    if not np.isfinite(array).all():
-        raise TileFormatError(f"{where}: {dataset!r} contains NaN or infinite values.")
-    return array
 
 
 def read_tile(path: str | Path, name: str, sensors: Iterable[str] | None = None) -> Tile:
@@ -411,27 +440,57 @@ def iter_tiles(
             yield _read_group(path, name, handle[name], wanted)
 
 
-def validate_file(path: str | Path, sensors: Iterable[str] | None = None) -> int:
-    """Check every tile of a file against the schema and return the tile count.
+def validate_file(
+    path: str | Path, sensors: Iterable[str] | None = None, sample: int | None = None
+) -> int:
+    """Check the tiles of a file against the schema and return the tile count.
+
+    Every tile's name, attributes, sensors and the shape and type of every dataset are checked
+    (HDF5 metadata only). Values are checked for NaN and infinity in every pixel when
+    ``sample`` is None, else in the middle row of the unpadded tile of ``sample`` tiles spread
+    over the file, so a file of any size costs a bounded amount of pixel reading.
 
     Raises:
-        TileFormatError: naming the file, the tile and the problem.
+        TileFormatError: naming the file, the tile, the field and the fix.
     """
     path = Path(path)
-    count = 0
     wanted = None if sensors is None else tuple(sensors)
     with open_tile_file(path) as handle:
-        if not len(handle):
-            raise TileFormatError(f"{path}: the file holds no tiles.")
-        for name, group in handle.items():
-            if not isinstance(group, h5py.Group):
-                raise TileFormatError(f"{path}: top-level {name!r} is not a tile group.")
-            if not _TILE_NAME.match(name):
-                raise TileFormatError(f"{path}: group {name!r} is not named <SUBREGION>-<i>-<j>.")
-            tile = _read_group(path, name, group, wanted)
-            if not tile.features:
-                raise TileFormatError(f"{path}, tile {name}: no sensor datasets.")
-            if tile.labels is None:
-                raise TileFormatError(f"{path}, tile {name}: missing {LABEL_DATASET!r} labels.")
-            count += 1
-    return count
+        try:
+            names = list(handle)
+            if not names:
+                raise TileFormatError(f"{path}: the file holds no tiles.")
+            values, count = ("all", len(names)) if sample is None else ("row", sample)
+            spread = np.linspace(0, len(names) - 1, min(count, len(names)))
+            sampled = {names[index] for index in spread.round().astype(int)}
+            for name in names:
+                _check_tile(path, name, handle[name], wanted, values if name in sampled else None)
+        except OSError as error:
+            raise TileFormatError(
+                f"{path} cannot be read ({error}); copy it again or rebuild the benchmark."
+            ) from None
+    return len(names)
+
+
+def _check_tile(path: Path, name: str, group: h5py.Group | h5py.Dataset,
+                sensors: tuple[str, ...] | None, values: str | None) -> None:
+    """Check one tile; ``values``: ``all`` pixels, the middle ``row`` or None (metadata only)."""
+    if not isinstance(group, h5py.Group):
+        raise TileFormatError(f"{path}: top-level {name!r} is not a tile group; remove it.")
+    if not _TILE_NAME.match(name):
+        raise TileFormatError(
+            f"{path}: group {name!r} is not named <SUBREGION>-<i>-<j>; rename it, e.g. ALP-3-4."
+        )
+    where = f"{path}, tile {name}"
+    attrs = _checked_attrs(where, group)
+    shape = int(attrs["height"]), int(attrs["width"])
+    channels = {sensor: SENSOR_CHANNELS[sensor] for sensor in _sensors(where, group, sensors)}
+    if not channels:
+        raise TileFormatError(f"{where}: no sensor datasets {list(SENSORS)}; {_FIX}.")
+    if LABEL_DATASET not in group:
+        raise TileFormatError(f"{where}: missing {LABEL_DATASET!r} labels; {_FIX}.")
+    row = int(attrs["padding_height"]) + int(attrs["original_height"]) // 2
+    for dataset, count in {**channels, LABEL_DATASET: NUM_CLASSES}.items():
+        item = _dataset(where, group, dataset, (*shape, count))
+        if values is not None:
+            _values(where, item, dataset, slice(None) if values == "all" else row)

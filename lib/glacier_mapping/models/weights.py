@@ -33,6 +33,7 @@ from glacier_mapping.store import atomic_path, atomic_write_text
 PRESET = "paper"
 GLAVITU_GROUPS = ("fusion_block", "SETR", "ResUNet", "deepsupervision", "output")
 WEIGHTS_SUFFIX = "_weights.h5"
+NAME_TEMPLATE = "<MODEL>_<STRATEGY>[_<REGIONS>][_<DATA TRACK>]_weights.h5"
 
 
 class WeightImportError(ValueError):
@@ -115,11 +116,17 @@ def read_layout(path: str | os.PathLike) -> OriginalLayout:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Original weights file not found: {path}")
+        raise FileNotFoundError(
+            f"Original weights file not found: {path}; pass the path of a GlaViTU "
+            f"{NAME_TEMPLATE} file."
+        )
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise WeightImportError(f"{path} is not an HDF5 file: {error}") from error
+        raise WeightImportError(
+            f"{path} is not an HDF5 file ({error}); pass a weights file saved by the original "
+            "GlaViTU code's save_weights."
+        ) from None
     with handle:
         missing = [g for g in GLAVITU_GROUPS if g not in handle or not _names(handle[g])]
         if missing:
@@ -278,7 +285,7 @@ KNOWN_STRATEGIES = frozenset({
 
 
 def parse_weights_name(file_name: str) -> dict[str, str | None]:
-    """Parse ``<MODEL>_<STRATEGY>[_<REGIONS>][_<DATA TRACK>]_weights.h5``.
+    """Parse a file name of the :data:`NAME_TEMPLATE` form.
 
     A middle part made only of region codes (joined by "-" or "+") is read as the regions,
     anything else as the data track. Returns an empty dict when the name does not match.
@@ -306,15 +313,27 @@ def parse_weights_name(file_name: str) -> dict[str, str | None]:
 def export_imported_model(h5_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Import an original weights file and save ``model.keras`` plus ``model_card.json``.
 
+    The file name must follow :data:`NAME_TEMPLATE`: the model card records its strategy,
+    regions and data track.
+
     Returns:
         The output directory.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        WeightImportError: for another name, or a file that is not GlaViTU weights.
     """
     h5_path, out_dir = Path(h5_path), Path(out_dir)
+    parsed = parse_weights_name(h5_path.name)
+    if h5_path.is_file() and not parsed:
+        raise WeightImportError(
+            f"{h5_path} does not follow {NAME_TEMPLATE} (STRATEGY one of "
+            f"{sorted(KNOWN_STRATEGIES)}); rename it, e.g. glavitu_global_weights.h5."
+        )
     model = import_original_weights(h5_path)
     layout = read_layout(h5_path)
     with atomic_path(out_dir / "model.keras") as temporary:
         model.save(temporary)
-    parsed = parse_weights_name(h5_path.name)
     card = {
         "architecture": "glavitu",
         "preset": PRESET,
