@@ -151,10 +151,18 @@ def test_ctrl_c_stops_with_one_line_and_exit_130(project):
     _notebook(notebooks / "03_slow.ipynb",
               f"from pathlib import Path\nPath({str(started)!r}).touch()\n"
               "import time\ntime.sleep(120)")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "glacier_mapping.cli", "run", "--profile", str(profile),
-         "--notebooks", str(notebooks), "--output-dir", str(root / "outputs"), "--only", "03"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (a shell's background job, or a test before this one
+    # that left it ignored in this process): start it with Python's own Ctrl-C handling, as a
+    # terminal would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "glacier_mapping.cli", "run", "--profile", str(profile),
+             "--notebooks", str(notebooks), "--output-dir", str(root / "outputs"),
+             "--only", "03"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while not started.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
