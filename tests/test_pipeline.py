@@ -204,5 +204,8 @@ def test_kernels_are_shut_down_without_an_interrupt(project):
               f"while not Path({str(pid)!r}).exists():\n    time.sleep(0.05)")
     run_pipeline(str(profile), notebooks, root / "outputs", only=["03"], echo=lambda s: None)
     time.sleep(1)
-    os.kill(int(pid.read_text()), signal.SIGKILL)
+    try:
+        os.kill(int(pid.read_text()), signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # a kernel slow to stop is killed with its process group: no interrupt either
     assert not marker.exists()

@@ -169,11 +169,14 @@ class _LocalKernelManager(AsyncKernelManager):
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        if now or running:
-            await self.signal_kernel(signal.SIGKILL)
-        else:
-            await self.request_shutdown(restart=restart)
-        await self.finish_shutdown(restart=restart)
+        try:
+            if now or running:
+                await self.signal_kernel(signal.SIGKILL)
+            else:
+                await self.request_shutdown(restart=restart)
+            await self.finish_shutdown(restart=restart)
+        except ProcessLookupError:
+            pass  # the kernel has already exited
         await self.cleanup_resources(restart=restart)
 
 
