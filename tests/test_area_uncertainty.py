@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
-from scipy import ndimage, special
+from scipy import ndimage
+from synthetic_fields import SIZE, exponential_field, gaussian_field, synthetic_scene
 
 from glacier_mapping.area_uncertainty import (
     bootstrap_areas,
@@ -15,24 +16,8 @@ from glacier_mapping.area_uncertainty import (
 from glacier_mapping.data.scenes import Grid
 from glacier_mapping.pixel_geometry import expand_labels, pixel_areas_km2
 
-SIZE = 192
 GRID = Grid(CRS.from_epsg(32632), Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 5_100_000.0),
             SIZE, SIZE)
-
-
-def exponential_field(rng, size, length):
-    """Zero-mean unit-variance Gaussian field with correlation exp(-h / length) (periodic)."""
-    offsets = np.minimum(np.arange(size), size - np.arange(size))
-    covariance = np.exp(-np.hypot(offsets[:, None], offsets[None, :]) / length)
-    spectrum = np.clip(np.fft.rfft2(covariance).real, 0.0, None)
-    noise = np.fft.rfft2(rng.standard_normal((size, size)))
-    return np.fft.irfft2(np.sqrt(spectrum) * noise, s=(size, size))
-
-
-def gaussian_field(rng, size, sigma):
-    """Zero-mean unit-variance field with correlation exp(-h^2 / (4 sigma^2)) (periodic)."""
-    smooth = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma, mode="wrap")
-    return smooth * np.sqrt(4.0 * np.pi) * sigma
 
 
 @pytest.mark.parametrize("length", [4.0, 8.0])
@@ -101,29 +86,9 @@ def test_draws_are_seeded_and_average_to_the_expected_area():
     assert np.ptp(certain.samples_km2, axis=0).max() == 0.0
 
 
-def _synthetic_scene(rng):
-    """Calibrated probabilities and a truth drawn from them with correlated errors.
-
-    Glaciers: a smooth random field above 0.6, with edges softened over a few pixels; in
-    ambiguous patches (debris, late snow) the probability is pulled into [0.3, 0.7]. The truth
-    thresholds the probabilities at a correlated uniform level U = Phi(Z), Z a Gaussian field
-    with a 1/e correlation range of 6 px, so every pixel is glacier with probability p.
-    """
-    shapes = gaussian_field(rng, SIZE, 12.0) / (np.sqrt(4.0 * np.pi) * 12.0)
-    shapes /= shapes.std()
-    glacier = shapes > 0.6
-    inside = ndimage.distance_transform_edt(glacier) - 0.5
-    outside = ndimage.distance_transform_edt(~glacier) - 0.5
-    p = special.expit(np.where(glacier, inside, -outside) / 1.5)
-    ambiguous = gaussian_field(rng, SIZE, 6.0) > 1.0
-    p = np.where(ambiguous, np.clip(p, 0.3, 0.7), p)
-    truth = special.ndtr(gaussian_field(rng, SIZE, 3.0)) < p
-    return p, truth
-
-
 def test_interval_coverage_with_correlated_errors():
     rng = np.random.default_rng(2024)
-    validation = [_synthetic_scene(rng) for _ in range(8)]
+    validation = [synthetic_scene(rng) for _ in range(8)]
     probability = np.stack([p for p, _ in validation])
     residual = np.stack([truth - p for p, truth in validation])
     square_root = choose_block_size(residual)
@@ -133,7 +98,7 @@ def test_interval_coverage_with_correlated_errors():
     hits = {"blocks": [], "pixels": []}
     scene_hits = []
     for scene in range(30):
-        p, truth = _synthetic_scene(rng)
+        p, truth = synthetic_scene(rng)
         labels = ndimage.label(p > 0.5)[0]
         zones = expand_labels(labels, GRID, 100.0)
         true_area = np.bincount(zones.ravel(), weights=(truth * areas).ravel())
