@@ -58,8 +58,8 @@ class BlockSize:
 
     Attributes:
         correlation_length_px: lag (pixels) at which the correlation falls below 1/e.
-        block_px: side of the bootstrap blocks (pixels): the square root of the summed
-            correlogram.
+        block_px: side of the bootstrap blocks (pixels) whose draws carry the data's summed
+            correlogram (:func:`choose_block_size`).
         radius_px: lags up to this distance (pixels) entered the sum.
     """
 
