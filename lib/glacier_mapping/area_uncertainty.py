@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,8 @@ LEVEL = 0.9
 SAMPLES = 1000
 #: Model draws per labelled tile when matching the block size.
 MODEL_DRAWS = 4
+#: Key of the block-size record in a calibrator's JSON (:meth:`BlockSize.to_json`).
+AREA_ERRORS_KEY = "area_errors"
 #: Lags summed for the block size, in correlation lengths: an exponential correlation keeps
 #: 4 % of its integral beyond 5 L; further lags add mostly noise.
 LAG_LIMIT = 5.0
@@ -66,6 +69,35 @@ class BlockSize:
     correlation_length_px: float
     block_px: int
     radius_px: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The record stored with a calibrator under :data:`AREA_ERRORS_KEY`."""
+        return {"block_px": self.block_px,
+                "correlation_length_px": round(self.correlation_length_px, 3),
+                "radius_px": self.radius_px}
+
+
+def calibrator_block_size(data: dict[str, Any]) -> BlockSize | None:
+    """The block size stored in a calibrator's JSON (``area_errors``), or None if absent.
+
+    Raises:
+        ValueError: if the record is there but malformed (names the field).
+    """
+    record = data.get(AREA_ERRORS_KEY)
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        raise ValueError(f"field {AREA_ERRORS_KEY!r} must be an object; got {record!r}.")
+    values = {}
+    for name, kind, low in (("block_px", int, 1), ("radius_px", int, 0),
+                            ("correlation_length_px", float, 0)):
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value >= low) or (kind is int and value != int(value)):
+            raise ValueError(f"field '{AREA_ERRORS_KEY}.{name}' must be a finite number >= "
+                             f"{low}{' (an integer)' if kind is int else ''}; got {value!r}.")
+        values[name] = kind(value)
+    return BlockSize(**values)
 
 
 def _stack(field: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

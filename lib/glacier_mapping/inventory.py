@@ -232,7 +232,7 @@ def _check_date(date: str) -> str:
         raise InventoryError(f"date {date!r} is not YYYY-MM-DD.") from None
 
 
-def _outlines(labels: np.ndarray, grid: Grid) -> gpd.GeoSeries:
+def glacier_outlines(labels: np.ndarray, grid: Grid) -> gpd.GeoSeries:
     """One (multi)polygon per label, holes kept, in the grid's CRS, indexed by label."""
     pieces: dict[int, list[shapely.Geometry]] = {}
     for geometry, value in rasterio.features.shapes(labels, mask=labels > 0,
@@ -308,7 +308,7 @@ def inventory_layer(split: InventorySplit, probability: np.ndarray, grid: Grid, 
         raise InventoryError("Some glacier pixels have no probability (NaN); the probability "
                              "raster must cover every labelled pixel.")
     table = split.glaciers.set_index("label")
-    outlines = _outlines(labels, grid)
+    outlines = glacier_outlines(labels, grid)
     ids = outlines.index.to_numpy(dtype=np.int64)
     valid = np.isfinite(probability)
     areas = pixel_areas_km2(grid)

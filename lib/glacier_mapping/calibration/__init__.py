@@ -32,6 +32,7 @@ from glacier_mapping.calibration.reliability import (
 from glacier_mapping.calibration.selection import (
     CALIBRATOR_KINDS,
     UNCALIBRATED,
+    area_block_size,
     calibrated,
     calibration_data,
     choose_calibrator,
@@ -77,5 +78,6 @@ __all__ = [
     "nonempty_bins",
     "reliability_diagram_data",
     "reliability_tables",
+    "area_block_size",
     "save_chosen_calibrator",
 ]

@@ -19,6 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glacier_mapping.area_uncertainty import (
+    AREA_ERRORS_KEY,
+    BlockSize,
+    choose_block_size,
+    glacier_probability,
+)
 from glacier_mapping.calibration.calibrators import (
     CALIBRATORS,
     Calibrator,
@@ -167,16 +173,39 @@ def chosen_calibrator_path(context: Context, model_name: str) -> Path:
     return context.output_dir / "calibration" / f"{model_name}.json"
 
 
+def area_block_size(context: Context, predictions: Artifact, calibrator: Calibrator,
+                    seed: int = 0) -> BlockSize:
+    """Block size of the area intervals from a split's residuals ``label - p``.
+
+    ``p`` is the calibrated glacier probability of each labelled pixel (the predicted class
+    and its calibrated confidence, as deployment writes them); the residual correlogram over
+    all tiles of the split gives the block side
+    (:func:`glacier_mapping.area_uncertainty.choose_block_size`).
+    """
+    residuals, probabilities = [], []
+    for _, tile, probs in iter_predictions(context, predictions):
+        p = glacier_probability(np.argmax(probs, axis=-1), calibrated(calibrator, probs))
+        labelled = labelled_mask(tile)
+        label = np.argmax(tile.labels, axis=-1)
+        residuals.append(np.where(labelled, label - p, np.nan))
+        probabilities.append(np.where(labelled, p, np.nan))
+    if not residuals:
+        raise ValueError("The predictions hold no tiles; the block size needs labelled tiles.")
+    return choose_block_size(np.stack(residuals), np.stack(probabilities), seed=seed)
+
+
 def save_chosen_calibrator(
     context: Context, model_name: str, calibrators: Mapping[str, Calibrator], chosen: str,
-    ece: pd.DataFrame,
+    ece: pd.DataFrame, block: BlockSize | None = None,
 ) -> Path:
     """Write every calibrator and the chosen one (atomically) under ``calibration/``.
 
     ``calibration/<model_name>/<kind>.json`` holds each calibrator and
     ``calibration/<model_name>.json`` the chosen one, with a ``selection`` record (criterion
-    and ECEs) beside its parameters; both load with :func:`~glacier_mapping.calibration.
-    load_calibrator` and ``glacier-mapping deploy --calibrator``.
+    and ECEs) and, given ``block``, the area intervals' block size (``area_errors``,
+    :func:`area_block_size`) beside its parameters; both load with
+    :func:`~glacier_mapping.calibration.load_calibrator` and
+    ``glacier-mapping deploy --calibrator``.
 
     Returns:
         Path of the chosen calibrator's JSON.
@@ -191,8 +220,11 @@ def save_chosen_calibrator(
         "ece": {f"{row.calibrator}/{row.split}": round(float(row.ece), 6)
                 for row in pooled.itertuples()},
     }
-    return atomic_write_json(chosen_calibrator_path(context, model_name),
-                             {**calibrators[chosen].to_json(), "selection": selection})
+    record = {**calibrators[chosen].to_json(), "selection": selection}
+    if block is not None:
+        record[AREA_ERRORS_KEY] = {**block.to_json(),
+                                   "fitted_on": "validation split, calibrated by this calibrator"}
+    return atomic_write_json(chosen_calibrator_path(context, model_name), record)
 
 
 def load_chosen_calibrator(context: Context, model_name: str) -> tuple[Calibrator, dict[str, Any]]:
