@@ -113,6 +113,25 @@ CLAIMS: dict[str, Claim] = {claim.key: claim for claim in (
         source="[S1] abstract: mapping is challenged by glacier diversity and debris",
         test="Everest held-out part, model IoU − threshold IoU, bootstrap over 64 px blocks",
     ),
+    Claim(
+        key="change_recovered", chapter="09_glacier_change", margin=0.5,
+        statement="Maps of two dates recover each glacier's area change (the study's aim of "
+                  "multitemporal mapping)",
+        source="[S1, S2] aim: multitemporal glacier mapping; no paper number for change",
+        test="Pearson r of mapped vs true per-glacier area change on the synthetic pair "
+             "(inventory glaciers >= 0.1 km² at the first date; no ice mapped = no change), "
+             "above 0.5",
+        unit="r",
+    ),
+    Claim(
+        key="change_intervals_cover", chapter="09_glacier_change", margin=0.8,
+        statement="90 % change intervals from calibrated confidence cover the true change of "
+                  "at least 80 % of glaciers",
+        source="this book's area model (calibrated confidence [S1, S2]); no paper number",
+        test="share of glaciers >= 0.1 km² on the synthetic pair whose 90 % change interval "
+             "covers the true change, above 0.8",
+        unit="share",
+    ),
 )}
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``glacier-mapping run | build-book | import-weights | deploy | deploy-many``."""
+"""Command line: ``glacier-mapping`` run, build-book, import-weights, deploy(-many), change."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from glacier_mapping.lazy import lazy_module
 # TensorFlow's C++ start-up logs would otherwise flood the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# Each command loads only what it runs (the deploy commands load TensorFlow).
+# Each command loads only what it runs (deploy, deploy-many and change load TensorFlow).
 book = lazy_module("glacier_mapping.book")
+change = lazy_module("glacier_mapping.change_command")
 deploy = lazy_module("glacier_mapping.deploy")
 deploy_many = lazy_module("glacier_mapping.deploy_many")
 pipeline = lazy_module("glacier_mapping.pipeline")
@@ -86,12 +87,16 @@ def _deploy_many(args: argparse.Namespace) -> int:
     return deploy_many.deploy_many_from_args(args)
 
 
+def _change(args: argparse.Namespace) -> int:
+    return change.change_from_args(args)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of the ``glacier-mapping`` command.
 
     Args:
-        command: The sub-command about to run: the deploy commands' options (which load
-            TensorFlow) are added only for them; None adds every command's options.
+        command: The sub-command about to run: the options of deploy, deploy-many and change
+            (which load TensorFlow) are added only for them; None adds every command's options.
     """
     parser = _Parser(
         prog="glacier-mapping", description="Glacier mapping with GlaViTU: book runner and tools.",
@@ -132,6 +137,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command in (None, "deploy-many"):
         deploy_many.add_deploy_many_arguments(many)
     many.set_defaults(handler=_deploy_many)
+
+    compared = add("change", "glacier change between two `deploy --inventory` outputs of one area")
+    if command in (None, "change"):
+        change.add_change_arguments(compared)
+    compared.set_defaults(handler=_change)
     return parser
 
 

@@ -8,6 +8,11 @@ rasters at once. Peak memory therefore depends on the patch size, the batch size
 width, never on the scene height. Outlines are then vectorised from the written class raster
 strip by strip, with components that cross strip seams merged.
 
+With ``--inventory`` (:class:`InventoryOptions`) the outlines are instead one per glacier,
+split by inventory outlines (or into connected components), with RGI 7.0-style attributes and
+area intervals (:mod:`glacier_mapping.inventory`): the class and confidence rasters are read
+back whole for this, so memory then grows with the scene (:data:`INVENTORY_BYTES_PER_PIXEL`).
+
 Every input is checked before anything is written. The outputs are written to a staging
 directory inside ``--out`` and published together at the end, ``summary.json`` last: a folder
 with ``summary.json`` holds a complete output set (:func:`read_summary`), and a failed or
@@ -40,19 +45,28 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import rasterio
 import rasterio.features
 import rasterio.shutil
 import shapely
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import shape
 from tqdm.auto import tqdm
 
 from glacier_mapping.adaptation import load_region_vector
+from glacier_mapping.area_uncertainty import (
+    AREA_ERRORS_KEY,
+    LEVEL,
+    SAMPLES,
+    calibrator_block_size,
+    glacier_probability,
+)
 from glacier_mapping.calibration import Calibrator, confidence, load_calibrator
 from glacier_mapping.data.patches import coordinate_vector
-from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneError, SceneSource, check_stats
+from glacier_mapping.data.scenes import OPTICAL_BANDS, Grid, SceneError, SceneSource, check_stats
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
     LOCATION_INPUT,
@@ -69,6 +83,14 @@ from glacier_mapping.inference import (
     inference_model,
     predict_windows,
     resolve_precision,
+)
+from glacier_mapping.inventory import (
+    DEFAULT_MAX_DISTANCE_M,
+    DEFAULT_ZONE_M,
+    InventoryError,
+    inventory_layer_and_draws,
+    split_by_inventory,
+    write_layer,
 )
 from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
 from glacier_mapping.models import load_model
@@ -112,6 +134,12 @@ INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: ``PAUSE_SECONDS``, so that tests can interrupt it at that stage.
 PAUSE_ENV = "GLACIER_MAPPING_TEST_PAUSE"
 PAUSE_SECONDS = 60.0
+#: Peak memory of the ``--inventory`` step per scene pixel (bytes): tracemalloc peaks of 131 and
+#: 130 on 1000 x 1000 and 2000 x 2000 scenes with a DEM and outlines, every pixel uncertain
+#: (0 < p < 1); most of it is the area draws' per-pixel arrays.
+INVENTORY_BYTES_PER_PIXEL = 130
+#: Seed of the area-interval draws of ``--inventory`` (per glacier and for the scene).
+AREA_SEED = 0
 _BLOCK = 256
 _MODEL_FIX = ("pass --model a model trained by the book (outputs/<profile>/models/<name>/"
               "model.keras) or one written by `glacier-mapping import-weights`")
@@ -161,10 +189,14 @@ class DeploymentSummary:
     peak_memory_mb: float
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, float] = field(default_factory=dict)
+    inventory: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON-ready dictionary."""
-        return asdict(self)
+        """Plain JSON-ready dictionary (``inventory`` only for a run with ``--inventory``)."""
+        data = asdict(self)
+        if self.inventory is None:
+            del data["inventory"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -396,15 +428,16 @@ def _interrupt(signum: int, _frame: Any) -> None:
     raise DeployInterrupted(signum)
 
 
-def _publish(staged: dict[str, Path], out_dir: Path, summary: DeploymentSummary) -> None:
-    """Move the staged outputs into ``out_dir``, then write ``summary.json``, the marker.
+def _publish(staged: dict[str, Path], out_dir: Path, marker: str,
+             data: dict[str, Any]) -> None:
+    """Move the staged outputs into ``out_dir``, then write ``data`` as ``marker``, last.
 
-    The previous ``summary.json`` is removed first, so a folder never holds a summary with a
-    mixed set; SIGINT and SIGTERM are held back until the set is complete.
+    The previous marker (``summary.json`` of a deploy) is removed first, so a folder never
+    holds a marker with a mixed set; SIGINT and SIGTERM are held back until the set is complete.
     """
     held: list[int] = []
     with _signal_handler(lambda signum, _frame: held.append(signum)):
-        publish_set(staged, out_dir, SUMMARY_FILE, summary.to_json())
+        publish_set(staged, out_dir, marker, data)
     for signum in held:
         signal.raise_signal(signum)
 
@@ -587,6 +620,73 @@ class DeployOptions:
 
 
 @dataclass(frozen=True)
+class InventoryOptions:
+    """``--inventory``: write ``glaciers.gpkg`` as an inventory layer, one outline per glacier.
+
+    The predicted ice is split by inventory outlines (or, without them, into 4-connected
+    components) with :func:`glacier_mapping.inventory.split_by_inventory`, and written as
+    :func:`glacier_mapping.inventory.inventory_layer` (WGS 84, RGI 7.0-style columns, area
+    intervals). Needs a calibrator (calibrated confidence), the scene's date and a block size.
+
+    Attributes:
+        outlines: RGI 6.0 or 7.0 outlines (a file GDAL reads, any CRS); None splits the ice
+            into connected components.
+        max_distance_m: ice outside every outline but this close to one (m) goes to the
+            nearest; default :data:`glacier_mapping.inventory.DEFAULT_MAX_DISTANCE_M`.
+        block_px: block side (pixels) of the area intervals; default the calibrator's
+            ``area_errors`` record.
+
+    Raises:
+        DeploymentError: for a negative distance or a block side below 1 (naming the option).
+    """
+
+    outlines: Path | None = None
+    max_distance_m: float = DEFAULT_MAX_DISTANCE_M
+    block_px: int | None = None
+
+    def __post_init__(self) -> None:
+        distance = self.max_distance_m
+        if isinstance(distance, bool) or not isinstance(distance, int | float) or not (
+                math.isfinite(distance) and distance >= 0):
+            raise DeploymentError(f"--max-distance must be a distance >= 0 in metres, got "
+                                  f"{distance!r}; e.g. --max-distance {DEFAULT_MAX_DISTANCE_M:g}.")
+        block = self.block_px
+        if block is not None and (isinstance(block, bool) or not isinstance(block, Integral)
+                                  or block < 1):
+            raise DeploymentError(f"--area-block-px must be an integer >= 1 (block side in "
+                                  f"pixels), got {block!r}; e.g. --area-block-px 8.")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> InventoryOptions | None:
+        """The options of parsed ``deploy`` arguments; None without ``--inventory``.
+
+        Raises:
+            DeploymentError: for ``--max-distance`` or ``--area-block-px`` without
+                ``--inventory``.
+        """
+        if args.inventory is None:
+            for flag, value in (("--max-distance", args.max_distance),
+                                ("--area-block-px", args.area_block_px)):
+                if value is not None:
+                    raise DeploymentError(f"{flag} applies to --inventory only; add --inventory "
+                                          f"[OUTLINES] or drop {flag}.")
+            return None
+        outlines = None if args.inventory is True else Path(args.inventory)
+        distance = DEFAULT_MAX_DISTANCE_M if args.max_distance is None else args.max_distance
+        return cls(outlines, distance, args.area_block_px)
+
+
+@dataclass(frozen=True)
+class _InventoryPlan:
+    """``--inventory``, checked: the outlines' path, distance and block size with its source."""
+
+    outlines: Path | None
+    max_distance_m: float
+    block_px: int
+    block_source: str
+
+
+@dataclass(frozen=True)
 class _Setup:
     """Everything a deployment resolved and checked before its first window."""
 
@@ -602,6 +702,7 @@ class _Setup:
     stride: int
     coverage: dict[str, float]
     notes: list[str]
+    inventory: _InventoryPlan | None
 
 
 def deploy_scene(
@@ -613,6 +714,7 @@ def deploy_scene(
     calibrator_path: str | os.PathLike[str] | None = None,
     region_vector_path: str | os.PathLike[str] | None = None,
     norm_stats: NormStats | str | os.PathLike[str] | None = None,
+    inventory: InventoryOptions | None = None,
     progress: bool = True,
 ) -> DeploymentSummary:
     """Map glaciers on a whole scene with windowed, batched inference.
@@ -620,7 +722,8 @@ def deploy_scene(
     Writes to ``out_dir``: ``glacier_class.tif`` (uint8 0/1, nodata 255, COG),
     ``confidence.tif`` (float32 calibrated confidence, nodata NaN, COG), ``glaciers.gpkg``
     (layer ``glaciers``: one polygon per 4-connected glacier component with ``area_km2``,
-    ``mean_confidence``, ``estimated_iou``, ``scene`` and ``date``) and ``summary.json``.
+    ``mean_confidence``, ``estimated_iou``, ``scene`` and ``date``; with ``inventory``, the
+    inventory layer instead, see :class:`InventoryOptions`) and ``summary.json``.
     Every input is checked first (a refused run creates nothing); the files are written to a
     staging directory and published together, ``summary.json`` last, replacing a previous
     set; a failure or interruption leaves the previous set (or nothing) in ``out_dir``.
@@ -636,11 +739,13 @@ def deploy_scene(
             confidence (1 - normalised entropy) and no IoU is estimated.
         region_vector_path: region-vector JSON for models with a 12-slot location input.
         norm_stats: statistics (or their JSON) overriding the model's.
+        inventory: write ``glaciers.gpkg`` as an inventory layer (needs ``calibrator_path``
+            and the scene's date); ``summary.json`` then has an ``inventory`` record.
         progress: show a progress bar.
 
     Raises:
         DeploymentError: for a bad parameter, model, calibrator, sensor mismatch, partial
-            coverage or output directory.
+            coverage, output directory, or (with ``inventory``) outlines, date or block size.
         SceneError: for a scene smaller than one window or without valid pixels.
     """
     options = DeployOptions() if options is None else options
@@ -650,31 +755,38 @@ def deploy_scene(
         started = time.perf_counter()
         out_dir = Path(out_dir)
         setup = _prepare(source, Path(model_path), out_dir, options, calibrator_path,
-                         region_vector_path, norm_stats)
+                         region_vector_path, norm_stats, inventory)
         with _staging(out_dir) as staging:
             staged = {name: staging / name for name in (CLASS_FILE, CONFIDENCE_FILE,
                                                         POLYGON_FILE)}
             totals = _predict_and_write(source, setup, staged, progress)
             estimated = _estimated_iou(totals.pop("counts"), setup.calibrator)
             vector_start = time.perf_counter()
-            polygon_count = _write_polygons(
-                _vectorise(staged[CLASS_FILE], staged[CONFIDENCE_FILE],
-                           options.vector_strip_rows),
-                source, estimated, staged[POLYGON_FILE],
-            )
+            record = None
+            if setup.inventory is None:
+                polygon_count = _write_polygons(
+                    _vectorise(staged[CLASS_FILE], staged[CONFIDENCE_FILE],
+                               options.vector_strip_rows),
+                    source, estimated, staged[POLYGON_FILE],
+                )
+            else:
+                polygon_count, record = _write_inventory(source, setup.inventory, staged,
+                                                         options.vector_strip_rows)
             seconds = dict(totals.pop("seconds"))
-            seconds["vectorise"] = round(time.perf_counter() - vector_start, 3)
+            seconds["vectorise" if record is None else "inventory"] = round(
+                time.perf_counter() - vector_start, 3)
             seconds["total"] = round(time.perf_counter() - started, 3)
             paths = {name: out_dir / name for name in OUTPUT_FILES}
             summary = _summary(source, setup, out_dir, paths, totals, polygon_count, estimated,
-                               seconds)
-            _publish(staged, out_dir, summary)
+                               seconds, record)
+            _publish(staged, out_dir, SUMMARY_FILE, summary.to_json())
         return summary
 
 
 def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
     """Open the scene of parsed ``glacier-mapping deploy`` arguments and deploy on it."""
     options = DeployOptions.from_args(args)
+    inventory = InventoryOptions.from_args(args)
     with SceneSource(
         args.optical, args.bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
         cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
@@ -683,7 +795,7 @@ def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
         return deploy_scene(
             source, args.model, args.out, options, calibrator_path=args.calibrator,
             region_vector_path=args.region_vector, norm_stats=args.norm_stats,
-            progress=not args.no_progress,
+            inventory=inventory, progress=not args.no_progress,
         )
 
 
@@ -692,10 +804,12 @@ def _prepare(
     calibrator_path: str | os.PathLike[str] | None,
     region_vector_path: str | os.PathLike[str] | None,
     norm_stats: NormStats | str | os.PathLike[str] | None,
+    inventory: InventoryOptions | None = None,
 ) -> _Setup:
     """Check every input and the output directory, creating nothing; load what the run needs."""
     precision = resolve_precision(options.precision)
     calibrator = _load_calibrator(calibrator_path)
+    plan = None if inventory is None else _plan_inventory(inventory, source, calibrator_path)
     _check_out_dir(out_dir)
     info, runner, card = _prepare_model(model_path, options.patch_size, precision)
     region_vector_path = None if region_vector_path is None else Path(region_vector_path)
@@ -706,7 +820,7 @@ def _prepare(
     stride = _check_windows(source, info, options.stride)
     coverage, notes = _check_coverage(source, info.sensors, options.allow_partial_coverage)
     return _Setup(options, precision, model_path, info, runner, reader, region_vector_path,
-                  calibrator_path, calibrator, stride, coverage, notes)
+                  calibrator_path, calibrator, stride, coverage, notes, plan)
 
 
 def _load_calibrator(path: str | os.PathLike[str] | None) -> Calibrator | None:
@@ -717,6 +831,67 @@ def _load_calibrator(path: str | os.PathLike[str] | None) -> Calibrator | None:
         return load_calibrator(path)
     except (FileNotFoundError, ValueError) as error:
         raise DeploymentError(f"--calibrator: {error}") from None
+
+
+def _plan_inventory(inventory: InventoryOptions, source: SceneSource,
+                    calibrator_path: str | os.PathLike[str] | None) -> _InventoryPlan:
+    """Check what ``--inventory`` needs (date, calibrator, block size, outlines), creating nothing.
+
+    Call after :func:`_load_calibrator` has checked the calibrator.
+    """
+    if source.date is None:
+        raise DeploymentError(
+            f"--inventory needs the scene's acquisition date (the layer's src_date) and "
+            f"{source.grid_path} has no date tag; pass --date YYYY-MM-DD."
+        )
+    if calibrator_path is None:
+        raise DeploymentError("--inventory needs calibrated confidence (the area intervals are "
+                              "drawn from it); pass --calibrator JSON.")
+    block_px, source_text = inventory.block_px, "--area-block-px"
+    if block_px is None:
+        block_px = _calibrator_block_px(Path(calibrator_path))
+        source_text = f"calibrator ({AREA_ERRORS_KEY})"
+    if block_px is None:
+        raise DeploymentError(
+            f"--inventory needs the block size of the area intervals and the calibrator "
+            f"{calibrator_path} has no '{AREA_ERRORS_KEY}' record; pass a calibrator saved with "
+            "one (chapter 05 writes outputs/<profile>/calibration/<model>.json) or "
+            "--area-block-px N."
+        )
+    outlines = None if inventory.outlines is None else Path(inventory.outlines)
+    if outlines is not None:
+        _check_outlines(outlines, source.grid)
+    return _InventoryPlan(outlines, float(inventory.max_distance_m), int(block_px), source_text)
+
+
+def _calibrator_block_px(path: Path) -> int | None:
+    """The block side of the calibrator's ``area_errors`` record, or None without one."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        block = calibrator_block_size(data)
+    except ValueError as error:
+        raise DeploymentError(f"--calibrator: {path}: {error}") from None
+    return None if block is None else block.block_px
+
+
+def _check_outlines(path: Path, grid: Grid) -> None:
+    """Check that ``path`` holds RGI outlines with a CRS, from its metadata (no geometry read)."""
+    fix = "pass RGI 6.0 or 7.0 outlines, or --inventory alone to split the ice into components"
+    if not path.exists():
+        raise DeploymentError(f"--inventory {path} does not exist; {fix}.")
+    try:
+        info = pyogrio.read_info(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as error:
+        raise DeploymentError(f"--inventory {path} cannot be read as vector data ({error}); "
+                              f"{fix}.") from None
+    # the library's own column and CRS checks, on a frame with the file's fields and no rows
+    empty = gpd.GeoDataFrame({name: [] for name in info["fields"]}, geometry=[],
+                             crs=info["crs"])
+    try:
+        split_by_inventory(np.zeros((1, 1), np.uint8), Grid(grid.crs, grid.transform, 1, 1),
+                           empty)
+    except InventoryError as error:
+        raise DeploymentError(f"--inventory {path}: {error}") from None
 
 
 def _input_flags(source: SceneSource) -> dict[str, str]:
@@ -824,7 +999,7 @@ def _estimated_iou(counts: dict[str, float], calibrator: Calibrator | None) -> f
 
 def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str, Path],
              totals: dict[str, Any], polygon_count: int, estimated: float | None,
-             seconds: dict[str, float]) -> DeploymentSummary:
+             seconds: dict[str, float], inventory: dict[str, Any] | None) -> DeploymentSummary:
     """What the deployment wrote and measured."""
     notes = list(setup.notes)
     if setup.calibrator is None:
@@ -858,7 +1033,7 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
                          if totals["valid"] else None),
         seconds=seconds,
         peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        notes=notes, coverage=setup.coverage,
+        notes=notes, coverage=setup.coverage, inventory=inventory,
     )
 
 
@@ -1093,6 +1268,59 @@ def _write_polygons(strips: Iterator[_Polygons], source: SceneSource, estimated:
     return written
 
 
+def _read_outlines(path: Path, grid: Grid) -> gpd.GeoDataFrame:
+    """The outlines whose bounding boxes meet the scene's (all of them across the antimeridian)."""
+    crs = pyogrio.read_info(path)["crs"]
+    left, bottom, right, top = transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
+    return gpd.read_file(path, bbox=(left, bottom, right, top) if left <= right else None)
+
+
+def _scene_dem(source: SceneSource, strip_rows: int) -> np.ndarray | None:
+    """The ``--dem`` elevation on the optical grid (NaN where nodata); None without a DEM."""
+    if "dem" not in source.channels:
+        return None
+    height, width = source.shape
+    dem = np.empty((height, width), dtype=np.float32)
+    for top in range(0, height, strip_rows):
+        rows = min(strip_rows, height - top)
+        dem[top : top + rows] = source.physical_window(top, 0, rows, width, ["dem"])["dem"][..., 0]
+    return dem
+
+
+def _write_inventory(source: SceneSource, plan: _InventoryPlan, staged: dict[str, Path],
+                     strip_rows: int) -> tuple[int, dict[str, Any]]:
+    """Write the inventory layer from the staged rasters (read whole); its summary record."""
+    grid = source.grid
+    with rasterio.open(staged[CLASS_FILE]) as classes, \
+            rasterio.open(staged[CONFIDENCE_FILE]) as confidences:
+        glacier_class = classes.read(1)
+        probability = glacier_probability(glacier_class, confidences.read(1))
+    outlines = None if plan.outlines is None else _read_outlines(plan.outlines, grid)
+    split = split_by_inventory(glacier_class, grid, outlines, plan.max_distance_m,
+                               valid=glacier_class != CLASS_NODATA)
+    del glacier_class, outlines
+    layer, drawn = inventory_layer_and_draws(
+        split, probability, grid, source.date, block_px=plan.block_px,
+        dem=_scene_dem(source, strip_rows), zone_m=DEFAULT_ZONE_M, level=LEVEL, samples=SAMPLES,
+        seed=AREA_SEED)
+    with _no_record_counts():
+        write_layer(layer, staged[POLYGON_FILE])
+    low, high = drawn.scene_interval(LEVEL)
+    listed = (split.glaciers["origin"] == "inventory").to_numpy()
+    has_ice = (split.glaciers["pixels"] > 0).to_numpy()
+    return len(layer), {
+        "outlines": None if plan.outlines is None else str(plan.outlines),
+        "version": split.inventory, "max_distance_m": plan.max_distance_m,
+        "block_px": plan.block_px, "block_source": plan.block_source,
+        "zone_m": DEFAULT_ZONE_M, "level": LEVEL, "samples": SAMPLES, "seed": AREA_SEED,
+        "glaciers": {"inventory_with_ice": int((listed & has_ice).sum()),
+                     "new": int((~listed).sum()),
+                     "inventory_without_ice": int((listed & ~has_ice).sum())},
+        "expected_area_km2": drawn.scene_expected_km2, "area_low_km2": low,
+        "area_high_km2": high, "notes": list(split.notes),
+    }
+
+
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``glacier-mapping deploy`` options to ``parser``."""
     parser.add_argument("--optical", nargs="+", required=True, type=Path, metavar="FILE",
@@ -1142,6 +1370,19 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: refuse it); the coverage is recorded in summary.json")
     parser.add_argument("--name", help="scene name (default: first optical file name)")
     parser.add_argument("--date", help="acquisition date YYYY-MM-DD (default: from file tags)")
+    parser.add_argument("--inventory", nargs="?", const=True, metavar="OUTLINES",
+                        help="write glaciers.gpkg as a glacier inventory: one outline per "
+                             "glacier, split by these RGI 6.0/7.0 outlines (any CRS; without a "
+                             "file: by connected components), WGS 84, RGI 7.0-style columns and "
+                             "area intervals; needs --calibrator, the date and a block size. "
+                             "Holds the whole scene in memory (about "
+                             f"{INVENTORY_BYTES_PER_PIXEL} bytes per pixel)")
+    parser.add_argument("--max-distance", type=float, metavar="M",
+                        help="with --inventory: ice outside every outline but within M metres "
+                             f"of one goes to the nearest (default {DEFAULT_MAX_DISTANCE_M:g})")
+    parser.add_argument("--area-block-px", type=int, metavar="N",
+                        help="with --inventory: block side (pixels) of the area intervals "
+                             f"(default: the calibrator's '{AREA_ERRORS_KEY}' record)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
 
@@ -1168,4 +1409,11 @@ def deploy_from_args(args: argparse.Namespace) -> int:
     iou = "n/a" if summary.estimated_iou is None else f"{summary.estimated_iou:.3f}"
     print(f"{summary.scene}: {summary.glacier_area_km2:.2f} km2 of glacier in "
           f"{summary.polygon_count} polygons, estimated IoU {iou}; outputs in {summary.out_dir}")
+    if summary.inventory is not None:
+        record, counts = summary.inventory, summary.inventory["glaciers"]
+        print(f"inventory: {counts['inventory_with_ice']} inventory glaciers with ice, "
+              f"{counts['new']} new, {counts['inventory_without_ice']} without ice; expected "
+              f"glacier area {record['expected_area_km2']:.2f} km2 "
+              f"({100 * record['level']:g} % interval {record['area_low_km2']:.2f}-"
+              f"{record['area_high_km2']:.2f})")
     return 0

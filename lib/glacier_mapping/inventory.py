@@ -60,7 +60,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import shape
 
-from glacier_mapping.area_uncertainty import LEVEL, SAMPLES, bootstrap_areas
+from glacier_mapping.area_uncertainty import LEVEL, SAMPLES, AreaSamples, bootstrap_areas
 from glacier_mapping.data.scenes import Grid
 from glacier_mapping.pixel_geometry import expand_labels, pixel_areas_km2, pixel_spacing_m
 from glacier_mapping.store import atomic_path
@@ -280,6 +280,20 @@ def inventory_layer(split: InventorySplit, probability: np.ndarray, grid: Grid, 
                     ) -> gpd.GeoDataFrame:
     """Polygons per glacier with RGI 7.0-style columns and ours (see the module docstring).
 
+    The arguments are those of :func:`inventory_layer_and_draws`, which also returns the
+    area model's draws (for the scene's interval).
+    """
+    return inventory_layer_and_draws(split, probability, grid, date, block_px=block_px, dem=dem,
+                                     zone_m=zone_m, level=level, samples=samples, seed=seed)[0]
+
+
+def inventory_layer_and_draws(
+    split: InventorySplit, probability: np.ndarray, grid: Grid, date: str, *, block_px: int,
+    dem: np.ndarray | None = None, zone_m: float = DEFAULT_ZONE_M, level: float = LEVEL,
+    samples: int = SAMPLES, seed: int = 0,
+) -> tuple[gpd.GeoDataFrame, AreaSamples]:
+    """The inventory layer and the area model's draws behind its intervals.
+
     Args:
         split: labels and their inventory ids (:func:`split_by_inventory`).
         probability: calibrated glacier probability on the grid, NaN where nodata (from a
@@ -297,7 +311,8 @@ def inventory_layer(split: InventorySplit, probability: np.ndarray, grid: Grid, 
         seed: seed of the draws.
 
     Returns:
-        One row per label with pixels, geometry in WGS 84 (EPSG:4326).
+        One row per label with pixels, geometry in WGS 84 (EPSG:4326), and the draws (per
+        zone and for the scene's valid pixels).
     """
     labels = split.labels
     probability = np.asarray(probability, dtype=np.float64)
@@ -344,7 +359,7 @@ def inventory_layer(split: InventorySplit, probability: np.ndarray, grid: Grid, 
     invalid = ~geometry.is_valid
     if invalid.any():
         geometry[invalid] = [_polygonal(geom) for geom in geometry[invalid]]
-    return gpd.GeoDataFrame(columns, geometry=geometry.values, crs=GEOGRAPHIC)
+    return gpd.GeoDataFrame(columns, geometry=geometry.values, crs=GEOGRAPHIC), drawn
 
 
 def write_layer(layer: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import rasterio
 from bokeh.models import FixedTicker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -203,6 +204,64 @@ def estimate_scatter(frame: pd.DataFrame, label: str, title: str) -> hv.Overlay:
     return identity_overlay(points, "iou", "iou_estimated").opts(
         title=title, xlabel="true glacier IoU", ylabel="estimated glacier IoU", xlim=(0, 1),
         ylim=(0, 1), width=WIDTH, height=HEIGHT)
+
+
+def interval_scatter(frame: pd.DataFrame, truth: str, mapped: str, low: str, high: str,
+                     label: str, title: str, unit: str = "km²") -> hv.Overlay:
+    """Mapped values with their intervals against the true values, and the line y = x.
+
+    ``frame`` has a boolean ``covered`` column (the interval holds the true value): points
+    are blue where it does, red where it does not.
+    """
+    data = frame.dropna(subset=[truth, mapped, low, high])
+    data = data.assign(interval=np.where(data["covered"].astype(bool), "covers", "misses"))
+    span = [float(min(data[[truth, low]].min())), float(max(data[[truth, high]].max()))]
+    bars = hv.ErrorBars((data[truth], data[mapped], data[mapped] - data[low],
+                         data[high] - data[mapped]), vdims=["y", "below", "above"],
+                        horizontal=False).opts(color="grey", alpha=0.6)
+    points = hv.Scatter(data, truth, [mapped, label, "interval"]).opts(
+        size=6, color="interval", cmap={"covers": "#1f77b4", "misses": "#d62728"},
+        tools=["hover"])
+    line = hv.Curve([(span[0], span[0]), (span[1], span[1])]).opts(color="grey",
+                                                                    line_dash="dashed")
+    return (line * bars * points).opts(
+        title=title, xlabel=f"true ({unit})", ylabel=f"mapped, 90 % interval ({unit})",
+        width=WIDTH, height=HEIGHT, show_legend=False)
+
+
+#: Colours of the change raster's classes (:data:`glacier_mapping.change.CHANGE_CLASSES`).
+CHANGE_COLOURS = ("#f0f0f0", "#6baed6", "#2ca02c", "#d62728")
+
+
+def change_map(path: str | Path, title: str, pixel_size_km: float = 0.03) -> hv.Image:
+    """A change raster (stable non-glacier, stable glacier, gained, lost; nodata blank)."""
+    with rasterio.open(path) as dataset:
+        codes = dataset.read(1).astype(np.float32)
+    codes[codes > len(CHANGE_COLOURS) - 1] = np.nan
+    image = hv.Image(np.flipud(coarsen(codes)), bounds=_bounds(codes.shape, pixel_size_km),
+                     kdims=["x", "y"], vdims=["change"])
+    return image.opts(
+        title=title, cmap=list(CHANGE_COLOURS), clim=(-0.5, len(CHANGE_COLOURS) - 0.5),
+        colorbar=True, color_levels=len(CHANGE_COLOURS), width=WIDTH, height=HEIGHT,
+        xlabel="x (km)", ylabel="y (km)", tools=["hover"],
+        colorbar_opts={"ticker": FixedTicker(ticks=list(range(len(CHANGE_COLOURS)))),
+                       "major_label_overrides": {0: "stable non-glacier", 1: "stable glacier",
+                                                 2: "gained", 3: "lost"}})
+
+
+def deviation_scatter(table: pd.DataFrame, title: str) -> hv.Overlay:
+    """Mapped against reference area per glacier (log axes), and the line y = x."""
+    data = table[(table["reference_area_km2"] > 0) & (table["predicted_area_km2"] > 0)]
+    span = [float(data[["reference_area_km2", "predicted_area_km2"]].min().min()),
+            float(data[["reference_area_km2", "predicted_area_km2"]].max().max())]
+    points = hv.Scatter(data, "reference_area_km2",
+                        ["predicted_area_km2", "rgi_id", "area_deviation_pct",
+                         "mean_distance_m"]).opts(size=6, alpha=0.7, tools=["hover"])
+    line = hv.Curve([(span[0], span[0]), (span[1], span[1])]).opts(color="grey",
+                                                                    line_dash="dashed")
+    return (line * points).opts(title=title, logx=True, logy=True,
+                                xlabel="RGI 6.0 area (km²)", ylabel="mapped area (km²)",
+                                width=WIDTH + 70, height=HEIGHT)
 
 
 def save_scatter_png(levels: Mapping[str, pd.DataFrame], path: str | Path, suptitle: str) -> Path:

@@ -147,12 +147,18 @@ def area_coverage(layer: gpd.GeoDataFrame, truth: pd.DataFrame) -> pd.DataFrame:
 
 def change_coverage(change: pd.DataFrame, before: pd.DataFrame, after: pd.DataFrame
                     ) -> pd.DataFrame:
-    """Mapped change and its interval beside the true change, per inventory glacier."""
+    """Mapped change and its interval beside the true change, per inventory glacier.
+
+    A glacier the maps have no ice for on either date is ``not mapped``: mapped change 0, no
+    expected change and no interval (not covered).
+    """
     truth = before.merge(after, on="rgi_id", suffixes=("_before", "_after"))
     truth["true_change_km2"] = truth["true_area_km2_after"] - truth["true_area_km2_before"]
     columns = ["rgi_id", "status", "area_change_km2", "expected_change_km2", "change_low_km2",
                "change_high_km2"]
     table = truth.merge(change[columns], on="rgi_id", how="left")
+    table["status"] = table["status"].fillna("not mapped")
+    table["area_change_km2"] = table["area_change_km2"].fillna(0.0)
     table["error_km2"] = table["expected_change_km2"] - table["true_change_km2"]
     table["covered"] = ((table["change_low_km2"] <= table["true_change_km2"])
                         & (table["true_change_km2"] <= table["change_high_km2"]))
