@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
-from scipy import ndimage
+from scipy import ndimage, special
 from synthetic_fields import SIZE, exponential_field, gaussian_field, synthetic_scene
 
 from glacier_mapping.area_uncertainty import (
+    AcquisitionShift,
     bootstrap_areas,
+    calibrator_shift,
     choose_block_size,
     correlogram,
+    fit_logit_shift,
     glacier_probability,
 )
 from glacier_mapping.data.scenes import Grid
@@ -117,3 +120,45 @@ def test_interval_coverage_with_correlated_errors():
           f"pixels; scene totals {np.mean(scene_hits):.3f}")
     assert 0.80 <= coverage["blocks"] <= 0.98
     assert coverage["pixels"] < coverage["blocks"]
+
+
+def test_a_known_logit_shift_is_recovered():
+    rng = np.random.default_rng(8)
+    p = rng.uniform(0.02, 0.98, 200_000)
+    truth = rng.uniform(size=p.size) < special.expit(special.logit(p) - 1.2)
+    assert fit_logit_shift(p, truth) == pytest.approx(-1.2, abs=0.03)
+    assert np.isnan(fit_logit_shift(np.ones(10), np.ones(10)))  # p = 1 cannot be moved
+
+
+def test_acquisition_shift_spread_and_record():
+    shift = AcquisitionShift.from_shifts(np.array([-1.0, 0.0, 0.5, np.nan]))
+    assert (shift.mean_logit, shift.acquisitions) == (pytest.approx(-0.5 / 3), 3)
+    record = {"area_errors": {"block_px": 4, "radius_px": 9, "correlation_length_px": 2.0,
+                              "logit_shift": shift.to_json()}}
+    assert calibrator_shift(record).acquisitions == 3
+    assert calibrator_shift({"area_errors": {"block_px": 4}}) is None
+    with pytest.raises(ValueError, match="area_errors.logit_shift"):
+        calibrator_shift({"area_errors": {"logit_shift": {"mean_logit": 0.0, "sd_logit": -1,
+                                                          "acquisitions": 3}}})
+    with pytest.raises(ValueError, match="at least 2"):
+        AcquisitionShift.from_shifts(np.array([0.3]))
+
+
+def test_a_scene_wide_shift_widens_and_moves_the_interval():
+    rng = np.random.default_rng(9)
+    p = rng.uniform(0.05, 0.95, (60, 60))
+    zones = np.ones((60, 60), dtype=np.int32)
+    areas = np.full((60, 60), 0.0009)
+    plain = bootstrap_areas(p, zones, areas, block_px=6, samples=400, seed=2)
+    none = AcquisitionShift(0.0, 0.0, 5)
+    same = bootstrap_areas(p, zones, areas, block_px=6, samples=400, seed=2, shift=none)
+    assert same.expected_km2[0] == pytest.approx(plain.expected_km2[0])
+    spread = bootstrap_areas(p, zones, areas, block_px=6, samples=400, seed=2,
+                             shift=AcquisitionShift(0.0, 1.0, 5))
+    width = np.diff(np.r_[plain.interval()].ravel())[0]
+    assert np.diff(np.r_[spread.interval()].ravel())[0] > 2 * width
+    lower = bootstrap_areas(p, zones, areas, block_px=6, samples=400, seed=2,
+                            shift=AcquisitionShift(-1.0, 0.0, 5))
+    expected = (special.expit(special.logit(p) - 1.0) * areas).sum()
+    assert lower.expected_km2[0] == pytest.approx(expected)
+    assert lower.samples_km2.mean() == pytest.approx(expected, rel=0.02)

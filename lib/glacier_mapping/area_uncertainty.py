@@ -23,6 +23,15 @@ the labelled data's own probabilities, carry the same summed correlogram as the 
 block that side is the square root of the sum: about 2.5 L for an exponential correlation,
 1.8 L for a Gaussian one; blocks that cross outlines need larger sides.
 
+A calibrator fitted on validation tiles is not equally right on every acquisition: on the
+synthetic benchmark the logit shift that would recalibrate one region's or one acquisition's
+pixels ranges from about -1 to +0.7. That error is shared by every pixel of the acquisition,
+so no block size captures it. An :class:`AcquisitionShift` is the distribution of that shift,
+measured on labelled acquisitions the calibrator was not fitted on (:func:`fit_logit_shift`
+per acquisition); with it, each draw first draws one shift for the scene from its predictive
+(Student-t) distribution and moves every uncertain pixel's probability by it in logit space,
+then draws the blocks. The expected area is then the mean over the shifted probabilities.
+
 Stands in for: the area that a perfect reference would measure in the same zones, repeated
 over the errors the calibrated model makes. Breaks down where (1) the calibration does not
 hold (a region or season unlike the validation data: intervals are then centred wrongly, no
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import optimize, special, stats
 
 #: Two-sided coverage of the intervals (5-95 %).
 LEVEL = 0.9
@@ -75,6 +85,89 @@ class BlockSize:
         return {"block_px": self.block_px,
                 "correlation_length_px": round(self.correlation_length_px, 3),
                 "radius_px": self.radius_px}
+
+
+@dataclass(frozen=True)
+class AcquisitionShift:
+    """Spread of the calibration's logit shift from one acquisition to the next.
+
+    Attributes:
+        mean_logit: mean of the acquisitions' fitted shifts.
+        sd_logit: their standard deviation (ddof 1).
+        acquisitions: how many labelled acquisitions they come from (at least 2).
+    """
+
+    mean_logit: float
+    sd_logit: float
+    acquisitions: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean_logit) and math.isfinite(self.sd_logit)
+                and self.sd_logit >= 0 and self.acquisitions >= 2):
+            raise ValueError(f"an acquisition shift needs a finite mean, sd >= 0 and at least "
+                             f"two acquisitions; got {self}.")
+
+    @classmethod
+    def from_shifts(cls, shifts: np.ndarray) -> AcquisitionShift:
+        """The spread of per-acquisition shifts (:func:`fit_logit_shift`)."""
+        values = np.asarray(shifts, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size < 2:
+            raise ValueError(f"{values.size} acquisition shift(s): the spread needs at least 2.")
+        return cls(float(values.mean()), float(values.std(ddof=1)), int(values.size))
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Shifts of new acquisitions: Student-t predictive, ``sd sqrt(1 + 1/n)`` scale."""
+        scale = self.sd_logit * math.sqrt(1.0 + 1.0 / self.acquisitions)
+        return self.mean_logit + scale * rng.standard_t(self.acquisitions - 1, size)
+
+    def range(self, level: float = LEVEL) -> tuple[float, float]:
+        """The central ``level`` range of the shifts :meth:`draw` draws from."""
+        scale = self.sd_logit * math.sqrt(1.0 + 1.0 / self.acquisitions)
+        half = float(stats.t.ppf(0.5 + level / 2.0, self.acquisitions - 1)) * scale
+        return self.mean_logit - half, self.mean_logit + half
+
+    def to_json(self) -> dict[str, Any]:
+        """The record stored with a calibrator under ``area_errors.logit_shift``."""
+        return {"mean_logit": round(self.mean_logit, 4), "sd_logit": round(self.sd_logit, 4),
+                "acquisitions": self.acquisitions}
+
+
+def fit_logit_shift(probability: np.ndarray, label: np.ndarray) -> float:
+    """The shift ``d`` that makes ``expit(logit(p) + d)`` fit the labels best (likelihood).
+
+    Pixels with ``p`` of exactly 0 or 1 are left out (the shift cannot move them, and the
+    area model draws them as certain); NaN probabilities too.
+    """
+    p = np.asarray(probability, dtype=np.float64).ravel()
+    y = np.asarray(label, dtype=np.float64).ravel()
+    keep = np.isfinite(p) & (p > 0) & (p < 1)
+    if not keep.any():
+        return float("nan")
+    z, y = special.logit(p[keep]), y[keep]
+
+    def loss(shift: float) -> float:
+        return float(np.mean(np.logaddexp(0.0, z + shift) - y * (z + shift)))
+
+    return float(optimize.minimize_scalar(loss, bounds=(-8.0, 8.0), method="bounded").x)
+
+
+def calibrator_shift(data: dict[str, Any]) -> AcquisitionShift | None:
+    """The acquisition shift stored in a calibrator's JSON, or None if absent.
+
+    Raises:
+        ValueError: if the record is there but malformed (names the field).
+    """
+    record = (data.get(AREA_ERRORS_KEY) or {}).get("logit_shift")
+    if record is None:
+        return None
+    try:
+        return AcquisitionShift(float(record["mean_logit"]), float(record["sd_logit"]),
+                                int(record["acquisitions"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"field '{AREA_ERRORS_KEY}.logit_shift' must hold mean_logit, "
+                         f"sd_logit (>= 0) and acquisitions (>= 2); got {record!r} "
+                         f"({error}).") from None
 
 
 def calibrator_block_size(data: dict[str, Any]) -> BlockSize | None:
@@ -282,7 +375,8 @@ class AreaSamples:
 
 
 def bootstrap_areas(probability: np.ndarray, zones: np.ndarray, pixel_area_km2: np.ndarray,
-                    block_px: int, samples: int = SAMPLES, seed: int = 0) -> AreaSamples:
+                    block_px: int, samples: int = SAMPLES, seed: int = 0,
+                    shift: AcquisitionShift | None = None) -> AreaSamples:
     """Draw true glacier areas with block-correlated errors (see the module docstring).
 
     Only pixels with ``0 < p < 1`` are drawn (about 10 ms per draw for half a million of them
@@ -295,6 +389,8 @@ def bootstrap_areas(probability: np.ndarray, zones: np.ndarray, pixel_area_km2: 
         block_px: block side in pixels (:func:`choose_block_size`).
         samples: number of draws.
         seed: seed of the draws.
+        shift: the acquisition's calibration shift; None draws the calibrated probabilities
+            as they are (no error shared by the whole scene).
     """
     probability = np.asarray(probability, dtype=np.float64)
     zones = np.asarray(zones)
@@ -318,12 +414,21 @@ def bootstrap_areas(probability: np.ndarray, zones: np.ndarray, pixel_area_km2: 
     rows, cols = np.nonzero((p > 0) & (p < 1))
     p_open, area_open, zone_open = p[rows, cols], areas[rows, cols], zone[rows, cols]
     rng = np.random.default_rng(seed)
+    shifts = np.zeros(samples) if shift is None else shift.draw(rng, samples)
+    logits = special.logit(p_open)
     drawn = np.empty((samples, len(labels) + 1))
+    shifted_expected = np.zeros(len(labels) + 1)
     for draw in range(samples):
-        glacier = _levels(rows, cols, block_px, p.shape, rng) < p_open
+        p_draw = p_open if shift is None else special.expit(logits + shifts[draw])
+        glacier = _levels(rows, cols, block_px, p.shape, rng) < p_draw
         drawn[draw] = np.bincount(zone_open[glacier], weights=area_open[glacier],
                                   minlength=len(labels) + 1)
+        if shift is not None:
+            shifted_expected += np.bincount(zone_open, weights=p_draw * area_open,
+                                            minlength=len(labels) + 1) / samples
     drawn += certain
+    if shift is not None:
+        expected = certain + shifted_expected
     return AreaSamples(labels, expected[1:], drawn[:, 1:], float(expected.sum()),
                        drawn.sum(axis=1), int(block_px), int(seed))
 

@@ -61,7 +61,10 @@ from glacier_mapping.area_uncertainty import (
     AREA_ERRORS_KEY,
     LEVEL,
     SAMPLES,
+    AcquisitionShift,
+    BlockSize,
     calibrator_block_size,
+    calibrator_shift,
     glacier_probability,
 )
 from glacier_mapping.calibration import Calibrator, confidence, load_calibrator
@@ -684,6 +687,7 @@ class _InventoryPlan:
     max_distance_m: float
     block_px: int
     block_source: str
+    shift: AcquisitionShift | None
 
 
 @dataclass(frozen=True)
@@ -861,16 +865,22 @@ def _plan_inventory(inventory: InventoryOptions, source: SceneSource,
     outlines = None if inventory.outlines is None else Path(inventory.outlines)
     if outlines is not None:
         _check_outlines(outlines, source.grid)
-    return _InventoryPlan(outlines, float(inventory.max_distance_m), int(block_px), source_text)
+    return _InventoryPlan(outlines, float(inventory.max_distance_m), int(block_px), source_text,
+                          _calibrator_area_errors(Path(calibrator_path))[1])
+
+
+def _calibrator_area_errors(path: Path) -> tuple[BlockSize | None, AcquisitionShift | None]:
+    """The block size and acquisition shift of the calibrator's ``area_errors`` record."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return calibrator_block_size(data), calibrator_shift(data)
+    except ValueError as error:
+        raise DeploymentError(f"--calibrator: {path}: {error}") from None
 
 
 def _calibrator_block_px(path: Path) -> int | None:
     """The block side of the calibrator's ``area_errors`` record, or None without one."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    try:
-        block = calibrator_block_size(data)
-    except ValueError as error:
-        raise DeploymentError(f"--calibrator: {path}: {error}") from None
+    block = _calibrator_area_errors(path)[0]
     return None if block is None else block.block_px
 
 
@@ -1302,7 +1312,7 @@ def _write_inventory(source: SceneSource, plan: _InventoryPlan, staged: dict[str
     layer, drawn = inventory_layer_and_draws(
         split, probability, grid, source.date, block_px=plan.block_px,
         dem=_scene_dem(source, strip_rows), zone_m=DEFAULT_ZONE_M, level=LEVEL, samples=SAMPLES,
-        seed=AREA_SEED)
+        seed=AREA_SEED, shift=plan.shift)
     with _no_record_counts():
         write_layer(layer, staged[POLYGON_FILE])
     low, high = drawn.scene_interval(LEVEL)
@@ -1312,6 +1322,7 @@ def _write_inventory(source: SceneSource, plan: _InventoryPlan, staged: dict[str
         "outlines": None if plan.outlines is None else str(plan.outlines),
         "version": split.inventory, "max_distance_m": plan.max_distance_m,
         "block_px": plan.block_px, "block_source": plan.block_source,
+        "logit_shift": None if plan.shift is None else plan.shift.to_json(),
         "zone_m": DEFAULT_ZONE_M, "level": LEVEL, "samples": SAMPLES, "seed": AREA_SEED,
         "glaciers": {"inventory_with_ice": int((listed & has_ice).sum()),
                      "new": int((~listed).sum()),

@@ -32,7 +32,8 @@ column                 meaning
                        from north, the direction the slope faces; flat pixels left out)
 ``mean_confidence``    mean calibrated confidence ``max(p, 1 - p)`` of the glacier's pixels
 ``expected_area_km2``  ``sum(p * pixel area)`` over the glacier's zone: its pixels and every
-                       pixel nearer to it than to another glacier, within ``zone_m``
+                       pixel nearer to it than to another glacier, within ``zone_m`` (averaged
+                       over the drawn acquisition shifts, given a ``shift``)
 ``area_low_km2``       lower end of the interval of the true area in the zone
                        (:mod:`glacier_mapping.area_uncertainty`, 5 % quantile by default)
 ``area_high_km2``      upper end (95 % quantile by default)
@@ -60,7 +61,13 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import shape
 
-from glacier_mapping.area_uncertainty import LEVEL, SAMPLES, AreaSamples, bootstrap_areas
+from glacier_mapping.area_uncertainty import (
+    LEVEL,
+    SAMPLES,
+    AcquisitionShift,
+    AreaSamples,
+    bootstrap_areas,
+)
 from glacier_mapping.data.scenes import Grid
 from glacier_mapping.pixel_geometry import expand_labels, pixel_areas_km2, pixel_spacing_m
 from glacier_mapping.store import atomic_path
@@ -276,21 +283,22 @@ def _dem_statistics(labels: np.ndarray, ids: np.ndarray, dem: np.ndarray, grid: 
 
 def inventory_layer(split: InventorySplit, probability: np.ndarray, grid: Grid, date: str, *,
                     block_px: int, dem: np.ndarray | None = None, zone_m: float = DEFAULT_ZONE_M,
-                    level: float = LEVEL, samples: int = SAMPLES, seed: int = 0
-                    ) -> gpd.GeoDataFrame:
+                    level: float = LEVEL, samples: int = SAMPLES, seed: int = 0,
+                    shift: AcquisitionShift | None = None) -> gpd.GeoDataFrame:
     """Polygons per glacier with RGI 7.0-style columns and ours (see the module docstring).
 
     The arguments are those of :func:`inventory_layer_and_draws`, which also returns the
     area model's draws (for the scene's interval).
     """
     return inventory_layer_and_draws(split, probability, grid, date, block_px=block_px, dem=dem,
-                                     zone_m=zone_m, level=level, samples=samples, seed=seed)[0]
+                                     zone_m=zone_m, level=level, samples=samples, seed=seed,
+                                     shift=shift)[0]
 
 
 def inventory_layer_and_draws(
     split: InventorySplit, probability: np.ndarray, grid: Grid, date: str, *, block_px: int,
     dem: np.ndarray | None = None, zone_m: float = DEFAULT_ZONE_M, level: float = LEVEL,
-    samples: int = SAMPLES, seed: int = 0,
+    samples: int = SAMPLES, seed: int = 0, shift: AcquisitionShift | None = None,
 ) -> tuple[gpd.GeoDataFrame, AreaSamples]:
     """The inventory layer and the area model's draws behind its intervals.
 
@@ -309,6 +317,8 @@ def inventory_layer_and_draws(
         level: coverage of the area interval.
         samples: draws of the area model.
         seed: seed of the draws.
+        shift: the calibration's shift between acquisitions (the calibrator's record), drawn
+            once per draw for the whole scene; None leaves it out.
 
     Returns:
         One row per label with pixels, geometry in WGS 84 (EPSG:4326), and the draws (per
@@ -328,7 +338,7 @@ def inventory_layer_and_draws(
     valid = np.isfinite(probability)
     areas = pixel_areas_km2(grid)
     zones = np.where(valid, expand_labels(labels, grid, zone_m), 0)
-    drawn = bootstrap_areas(probability, zones, areas, block_px, samples, seed)
+    drawn = bootstrap_areas(probability, zones, areas, block_px, samples, seed, shift)
     low, high = drawn.interval(level)
     position = np.searchsorted(drawn.labels, ids)
     certainty = np.where(valid, np.maximum(probability, 1.0 - probability), np.nan)

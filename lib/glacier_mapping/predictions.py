@@ -197,3 +197,19 @@ def evaluate_split(context: Context, predictions: Artifact) -> pd.DataFrame:
         records.append({**row, **confusion_counts(predicted, tile.labels, tile.valid)})
     return evaluate_predictions(records)
 
+
+def held_out_predictions(context: Context, trained: Experiment) -> dict[str, Artifact]:
+    """Cached predictions of the test split and of each independent acquisition kind.
+
+    Keys are ``test``, ``temporal`` and ``spatial`` (those present): every labelled split the
+    model was neither trained nor calibrated on. The independent predictions use the same
+    parameters as chapter 03, so its cache is reused.
+    """
+    sources = {"test": predict_split(context, trained, "test")}
+    if context.benchmark.independent is not None:
+        for acquisition in ("temporal", "spatial"):
+            regions = split_regions(context.benchmark.independent, acquisition)
+            if regions:
+                sources[acquisition] = predict_split(context, trained, "independent",
+                                                     regions=regions, acquisition=acquisition)
+    return sources

@@ -32,6 +32,7 @@ from glacier_mapping.calibration.reliability import (
 from glacier_mapping.calibration.selection import (
     CALIBRATOR_KINDS,
     UNCALIBRATED,
+    acquisition_shifts,
     area_block_size,
     calibrated,
     calibration_data,
@@ -78,6 +79,7 @@ __all__ = [
     "nonempty_bins",
     "reliability_diagram_data",
     "reliability_tables",
+    "acquisition_shifts",
     "area_block_size",
     "save_chosen_calibrator",
 ]

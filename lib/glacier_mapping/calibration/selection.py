@@ -21,8 +21,10 @@ import pandas as pd
 
 from glacier_mapping.area_uncertainty import (
     AREA_ERRORS_KEY,
+    AcquisitionShift,
     BlockSize,
     choose_block_size,
+    fit_logit_shift,
     glacier_probability,
 )
 from glacier_mapping.calibration.calibrators import (
@@ -194,16 +196,44 @@ def area_block_size(context: Context, predictions: Artifact, calibrator: Calibra
     return choose_block_size(np.stack(residuals), np.stack(probabilities), seed=seed)
 
 
+def acquisition_shifts(context: Context, predictions: Mapping[str, Artifact],
+                       calibrator: Calibrator) -> pd.DataFrame:
+    """The calibration's logit shift on each labelled acquisition (region and date).
+
+    For each acquisition of the given predictions (e.g. the test split and the independent
+    acquisitions: :func:`glacier_mapping.predictions.held_out_predictions`), the shift that
+    would recalibrate its pixels (:func:`glacier_mapping.area_uncertainty.fit_logit_shift`).
+
+    Returns:
+        One row per acquisition: ``split``, ``region``, ``date``, ``pixels``, ``shift``.
+    """
+    rows = []
+    for split, artifact in predictions.items():
+        pixels: dict[tuple[str, str], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for row, tile, probs in iter_predictions(context, artifact):
+            labelled = labelled_mask(tile)
+            p = glacier_probability(np.argmax(probs, axis=-1), calibrated(calibrator, probs))
+            found = pixels.setdefault((str(row["region"]), str(row.get("date", ""))), ([], []))
+            found[0].append(p[labelled])
+            found[1].append(np.argmax(tile.labels, axis=-1)[labelled])
+        for (region, date), (ps, labels) in pixels.items():
+            p, label = np.concatenate(ps), np.concatenate(labels)
+            rows.append({"split": split, "region": region, "date": date, "pixels": p.size,
+                         "shift": fit_logit_shift(p, label)})
+    return pd.DataFrame(rows, columns=["split", "region", "date", "pixels", "shift"])
+
+
 def save_chosen_calibrator(
     context: Context, model_name: str, calibrators: Mapping[str, Calibrator], chosen: str,
-    ece: pd.DataFrame, block: BlockSize | None = None,
+    ece: pd.DataFrame, block: BlockSize | None = None, shift: AcquisitionShift | None = None,
 ) -> Path:
     """Write every calibrator and the chosen one (atomically) under ``calibration/``.
 
     ``calibration/<model_name>/<kind>.json`` holds each calibrator and
     ``calibration/<model_name>.json`` the chosen one, with a ``selection`` record (criterion
-    and ECEs) and, given ``block``, the area intervals' block size (``area_errors``,
-    :func:`area_block_size`) beside its parameters; both load with
+    and ECEs) and, given ``block`` (and ``shift``), the area intervals' block size and the
+    calibration's shift between acquisitions (``area_errors``, :func:`area_block_size`,
+    :func:`acquisition_shifts`) beside its parameters; both load with
     :func:`~glacier_mapping.calibration.load_calibrator` and
     ``glacier-mapping deploy --calibrator``.
 
@@ -224,6 +254,9 @@ def save_chosen_calibrator(
     if block is not None:
         record[AREA_ERRORS_KEY] = {**block.to_json(),
                                    "fitted_on": "validation split, calibrated by this calibrator"}
+        if shift is not None:
+            record[AREA_ERRORS_KEY]["logit_shift"] = {
+                **shift.to_json(), "fitted_on": "labelled test and independent acquisitions"}
     return atomic_write_json(chosen_calibrator_path(context, model_name), record)
 
 

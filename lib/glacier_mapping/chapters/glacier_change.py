@@ -9,6 +9,7 @@ glacier (:mod:`glacier_mapping.outline_comparison`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,18 @@ from affine import Affine
 from scipy import stats
 
 from glacier_mapping import evidence
+from glacier_mapping.area_uncertainty import (
+    AcquisitionShift,
+    calibrator_shift,
+    fit_logit_shift,
+    glacier_probability,
+)
 from glacier_mapping.change import change_raster
 from glacier_mapping.chapters.scene_deployment import open_benchmark_scene
 from glacier_mapping.claims import CLAIMS
 from glacier_mapping.data.scenes import Grid
 from glacier_mapping.deploy import DeploymentSummary, InventoryOptions, deploy_scene
-from glacier_mapping.experiments.change_study import MIN_AREA_KM2, ChangeScenes
+from glacier_mapping.experiments.change_study import MIN_AREA_KM2, ChangeScenes, read_grid
 from glacier_mapping.experiments.everest import EVEREST_REGION
 from glacier_mapping.experiments.runner import Experiment
 from glacier_mapping.findings import Finding, judge, publish_findings
@@ -97,6 +104,30 @@ def change_findings(context: Context, model: Experiment, change: pd.DataFrame,
     return publish_findings(context.output_dir, CHAPTER, findings)
 
 
+def pair_shifts(scenes: ChangeScenes, runs: list[DeploymentSummary]) -> pd.DataFrame:
+    """Each date's calibration shift, fitted against its truth (a diagnosis, not an input).
+
+    The logit shift that would recalibrate the date's map
+    (:func:`glacier_mapping.area_uncertainty.fit_logit_shift`), beside which the spread
+    stored with the calibrator can be read.
+    """
+    rows = []
+    for folder, run in zip(scenes.folders, runs, strict=True):
+        classes, _ = read_grid(run.outputs["glacier_class.tif"])
+        confidence, _ = read_grid(run.outputs["confidence.tif"])
+        reference, _ = read_grid(folder / "reference.tif")
+        probability = glacier_probability(classes, confidence)
+        known = np.isfinite(probability) & (reference != 255)
+        rows.append({"date": folder.name,
+                     "shift": fit_logit_shift(probability[known], reference[known])})
+    return pd.DataFrame(rows).set_index("date")
+
+
+def stored_shift(calibrator: str | Path) -> AcquisitionShift | None:
+    """The spread of acquisition shifts stored with a calibrator (None if it has none)."""
+    return calibrator_shift(json.loads(Path(calibrator).read_text(encoding="utf-8")))
+
+
 def true_change_raster(scenes: ChangeScenes, path: str | Path) -> Path:
     """The change raster of the first and last dates' reference rasters (the true change)."""
     change_raster(scenes.folders[0] / "reference.tif", scenes.folders[-1] / "reference.tif",
@@ -137,11 +168,23 @@ def _judged(coverage: float) -> str:
     return "consistent with their 90 % level"
 
 
-def summary_text(coverage: pd.DataFrame, scenes: ChangeScenes,
-                 everest: dict[str, float] | None) -> str:
+def summary_text(coverage: pd.DataFrame, scenes: ChangeScenes, shifts: pd.DataFrame,
+                 spread: AcquisitionShift | None, everest: dict[str, float] | None) -> str:
     """The chapter's summary in words, every number from this run."""
     lines = [f"- Synthetic pair ({scenes.region}, {scenes.dates[0]} and {scenes.dates[-1]}), "
              f"glaciers of at least {MIN_AREA_KM2:g} km²:"]
+    if spread is not None:
+        low, high = spread.range()
+        outside = [f"{date} ({value:+.2f})" for date, value in shifts["shift"].items()
+                   if not low <= value <= high]
+        lines.append(
+            "  - calibration shift of the maps against the truth: "
+            + ", ".join(f"{date} {value:+.2f}" for date, value in shifts["shift"].items())
+            + f" logit; the calibrator's labelled acquisitions give a 90 % range of "
+            f"{low:+.2f} to {high:+.2f}"
+            + (f", which {' and '.join(outside)} lie{'s' if len(outside) == 1 else ''} "
+               "outside: there the intervals cannot be expected to cover." if outside
+               else ", which holds both dates."))
     for what, row in coverage.iterrows():
         lines.append(
             f"  - {what}: the 90 % intervals covered the truth for {row['covered']:.0f} of "

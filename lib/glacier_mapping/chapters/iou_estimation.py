@@ -8,34 +8,15 @@ import pandas as pd
 
 from glacier_mapping import evidence
 from glacier_mapping.claims import CLAIMS
-from glacier_mapping.data.splits import split_regions
 from glacier_mapping.evaluation import OVERALL
 from glacier_mapping.experiments.runner import Experiment
 from glacier_mapping.findings import Finding, judge, publish_findings
 from glacier_mapping.metrics import model_columns, table_rows
-from glacier_mapping.predictions import predict_split
-from glacier_mapping.store import Artifact
 from glacier_mapping.trained_models import histories
 from glacier_mapping.uncertainty import correlation_interval
 from glacier_mapping.workflow import Context
 
 CHAPTER = "07_iou_estimation"
-
-
-def estimation_sources(context: Context, trained: Experiment) -> dict[str, Artifact]:
-    """Cached predictions of the test split and of each independent acquisition kind.
-
-    Keys are ``test``, ``temporal`` and ``spatial`` (those present); the independent
-    predictions use the same parameters as chapter 03, so its cache is reused.
-    """
-    sources = {"test": predict_split(context, trained, "test")}
-    if context.benchmark.independent is not None:
-        for acquisition in ("temporal", "spatial"):
-            regions = split_regions(context.benchmark.independent, acquisition)
-            if regions:
-                sources[acquisition] = predict_split(context, trained, "independent",
-                                                     regions=regions, acquisition=acquisition)
-    return sources
 
 
 def estimation_metric_rows(
