@@ -78,3 +78,14 @@ def test_bad_study_parameters_are_refused():
         change_study.change_scenes(None, "XX", 10)
     with pytest.raises(ValueError, match="years_apart=0"):
         change_study.change_scenes(None, "ALP", 0)
+
+
+def test_a_glacier_gone_in_truth_and_map_is_covered_with_zero_area(pair):
+    scenes, grid, root = pair
+    inventory = change_study.truth_inventory(scenes[0].labels, grid, "ALP")
+    truth = change_study.true_areas(root / scenes[1].date / "reference.tif", inventory)
+    layer = perfect_layer(scenes[1], grid, inventory)
+    table = change_study.area_coverage(layer, truth).set_index("rgi_id")
+    gone = table[table["true_area_km2"] == 0]
+    assert len(gone) and (gone[["area_km2", "area_low_km2", "area_high_km2"]] == 0).all().all()
+    assert gone["covered"].all()

@@ -172,7 +172,8 @@ def summary_text(coverage: pd.DataFrame, scenes: ChangeScenes, shifts: pd.DataFr
                  spread: AcquisitionShift | None, everest: dict[str, float] | None) -> str:
     """The chapter's summary in words, every number from this run."""
     lines = [f"- Synthetic pair ({scenes.region}, {scenes.dates[0]} and {scenes.dates[-1]}), "
-             f"glaciers of at least {MIN_AREA_KM2:g} km²:"]
+             f"glaciers of at least {MIN_AREA_KM2:g} km² at the date (for the change: at the "
+             "first date):"]
     if spread is not None:
         low, high = spread.range()
         outside = [f"{date} ({value:+.2f})" for date, value in shifts["shift"].items()

@@ -133,12 +133,15 @@ def true_areas(reference_path: str | Path, inventory: gpd.GeoDataFrame,
 def area_coverage(layer: gpd.GeoDataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Mapped areas and intervals of one date beside the true areas, per inventory glacier.
 
-    Inventory glaciers the map has no ice for have no interval (``covered`` False).
+    An inventory glacier the map has no ice for has no row in the layer: the map claims no
+    ice there, so its area, expected area and interval are 0 (covered only if the truth has
+    no ice either).
     """
     mapped = pd.DataFrame(layer.drop(columns="geometry"))
     table = truth.merge(mapped[["rgi_id", "area_km2", "expected_area_km2", "area_low_km2",
                                 "area_high_km2"]], on="rgi_id", how="left")
-    table["area_km2"] = table["area_km2"].fillna(0.0)
+    mapped_columns = ["area_km2", "expected_area_km2", "area_low_km2", "area_high_km2"]
+    table[mapped_columns] = table[mapped_columns].fillna(0.0)
     table["error_km2"] = table["expected_area_km2"] - table["true_area_km2"]
     table["covered"] = ((table["area_low_km2"] <= table["true_area_km2"])
                         & (table["true_area_km2"] <= table["area_high_km2"]))
@@ -167,7 +170,11 @@ def change_coverage(change: pd.DataFrame, before: pd.DataFrame, after: pd.DataFr
 
 def coverage_summary(table: pd.DataFrame, size: pd.Series, what: str,
                      min_area_km2: float = MIN_AREA_KM2) -> dict[str, object]:
-    """Share of glaciers (true first-date area >= ``min_area_km2``) whose interval covers."""
+    """Share of glaciers with ``size >= min_area_km2`` whose interval covers the truth.
+
+    ``size`` is the true area that decides which glaciers count: that date's for an area
+    (glaciers that exist then), the first date's for a change.
+    """
     large = table[size.to_numpy() >= min_area_km2]
     errors = large["error_km2"].to_numpy(dtype=float)
     return {"what": what, "glaciers": int(len(large)),
