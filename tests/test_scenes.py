@@ -231,6 +231,32 @@ def test_scale_and_date_errors_name_the_option(scene_files):
         assert source.date == "2020-08-01"
 
 
+
+def test_offset_follows_the_scale_and_nodata_precedes_it(tmp_path):
+    reflectance = optical_stack(6, 7)
+    dn = np.round(reflectance * 10_000 + 1000).astype("uint16")  # Sentinel-2 L2A >= 04.00
+    dn[:, 0, 0] = 0
+    path = write_raster(tmp_path / "dn.tif", dn, dtype="uint16")  # no nodata tag
+    with SceneSource(path, OPTICAL_BANDS, optical_scale=1e-4, optical_offset=-0.1,
+                     optical_nodata=0) as source:
+        values = source.physical_window(0, 0, 6, 7)["optical"]
+        assert (source.optical_offset, source.optical_nodata) == (-0.1, 0.0)
+    assert np.isnan(values[0, 0]).all() and np.isfinite(values.reshape(-1, 6)[1:]).all()
+    np.testing.assert_allclose(values.reshape(-1, 6)[1:],
+                               np.moveaxis(reflectance, 0, -1).reshape(-1, 6)[1:], atol=1e-4)
+    with pytest.raises(SceneError, match=r"^--optical-offset must be a finite number, got nan"):
+        SceneSource(path, OPTICAL_BANDS, optical_offset=float("nan"))
+
+
+def test_default_conversion_is_the_scale_alone(scene_files):
+    """Without an offset: value * scale, bit for bit (a negative zero stays negative)."""
+    array = np.array([[[-0.0, 0.25, 1e-3]]], dtype=np.float32)
+    with SceneSource(scene_files[0], OPTICAL_BANDS, optical_scale=0.5) as source:
+        converted = source.to_physical("optical", array)
+        assert (source.optical_offset, source.optical_nodata) == (0.0, None)
+    assert converted.tobytes() == (array * np.float32(0.5)).tobytes()
+    assert np.signbit(converted[0, 0, 0])
+
 def test_wrong_band_count_for_band_map(tmp_path):
     optical = write_raster(tmp_path / "optical.tif", optical_stack(10, 10)[:4])
     with pytest.raises(SceneError, match=r"lists 6 names .* 4 \(optical.tif\) = 4 bands"):

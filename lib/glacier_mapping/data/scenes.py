@@ -1,15 +1,16 @@
 """Scenes from GeoTIFF/COG files: aligned onto the optical grid, normalised, read by window.
 
 Physical units expected in the files (those of the paper's HDF5 schema before normalisation):
-optical TOA reflectance (``optical_scale`` converts scaled integers, e.g. 1e-4 for Sentinel-2
-L1C), elevation in metres, slope in degrees (derived from the DEM when no slope file is given),
-SAR backscatter as linear sigma0 (converted to ``log10(sigma0 + 1e-6)``), one band per orbit
-(ascending, descending), coherence in [0, 1] (ascending, descending) and brightness
-temperature in kelvin. Every input is brought onto the grid of the first optical file:
-identical grids are read directly, others through a bilinear :class:`rasterio.vrt.WarpedVRT`
-(:class:`SceneSource`, windowed) or rioxarray ``reproject_match`` (:func:`load_scene`, in
-memory). A pixel is valid where every channel of every requested sensor is finite and not
-nodata; invalid pixels are filled with 0 for the model.
+optical TOA reflectance (``value * optical_scale + optical_offset`` converts scaled integers,
+e.g. scale 1e-4 and offset -0.1 for Sentinel-2 L1C of processing baseline 04.00 or later; see
+:mod:`glacier_mapping.products`), elevation in metres, slope in degrees (derived from the DEM
+when no slope file is given), SAR backscatter as linear sigma0 (converted to
+``log10(sigma0 + 1e-6)``), one band per orbit (ascending, descending), coherence in [0, 1]
+(ascending, descending) and brightness temperature in kelvin. Every input is brought onto the
+grid of the first optical file: identical grids are read directly, others through a bilinear
+:class:`rasterio.vrt.WarpedVRT` (:class:`SceneSource`, windowed) or rioxarray
+``reproject_match`` (:func:`load_scene`, in memory). A pixel is valid where every channel of
+every requested sensor is finite and not nodata; invalid pixels are filled with 0 for the model.
 """
 
 from __future__ import annotations
@@ -259,6 +260,9 @@ class SceneSource:
         optical_scale: factor turning optical file values into reflectance.
         name: scene name for outputs; default the first optical file's stem.
         date: acquisition date (``YYYY-MM-DD``); default from the optical file's tags.
+        optical_offset: added after the scale: reflectance = value * scale + offset.
+        optical_nodata: optical file value marking missing data besides the files' own
+            nodata (e.g. 0 for Sentinel-2 and Landsat products); compared before scaling.
 
     Raises:
         SceneError: for a missing, unreadable or non-georeferenced file, a wrong band count,
@@ -278,6 +282,8 @@ class SceneSource:
         optical_scale: float = 1.0,
         name: str | None = None,
         date: str | None = None,
+        optical_offset: float = 0.0,
+        optical_nodata: float | None = None,
     ) -> None:
         paths = [Path(optical)] if isinstance(optical, str | os.PathLike) else [
             Path(p) for p in optical]
@@ -290,8 +296,15 @@ class SceneSource:
                 f"--optical-scale must be a positive number, got {optical_scale}; pass the factor "
                 "turning file values into reflectance (e.g. 0.0001 for Sentinel-2 L1C)."
             )
+        if not math.isfinite(optical_offset):
+            raise SceneError(
+                f"--optical-offset must be a finite number, got {optical_offset}; pass the "
+                "reflectance added after the scale (e.g. -0.1 for Sentinel-2 L2A)."
+            )
         _check_date(date)
         self.optical_scale = float(optical_scale)
+        self.optical_offset = float(optical_offset)
+        self.optical_nodata = None if optical_nodata is None else float(optical_nodata)
         self._readers: dict[Path, rasterio.io.DatasetReader | WarpedVRT] = {}
         self._sources: list[rasterio.io.DatasetReader] = []
         self.alignment: dict[str, str] = {}
@@ -476,7 +489,12 @@ class SceneSource:
     def to_physical(self, sensor: str, array: np.ndarray) -> np.ndarray:
         """Convert file values ``(C, H, W)`` of a sensor to the schema's physical units."""
         if sensor == "optical":
-            return array * np.float32(self.optical_scale)
+            if self.optical_nodata is not None:
+                array = np.where(array == np.float32(self.optical_nodata), np.float32(np.nan),
+                                 array)
+            scaled = array * np.float32(self.optical_scale)
+            # no addition for offset 0: x + 0.0 would turn -0.0 into +0.0
+            return scaled + np.float32(self.optical_offset) if self.optical_offset else scaled
         if sensor in ("co_pol_sar", "cross_pol_sar"):
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.log10(array + np.float32(SAR_EPSILON))
