@@ -97,6 +97,7 @@ from glacier_mapping.inventory import (
 )
 from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
 from glacier_mapping.models import load_model
+from glacier_mapping.products import PRODUCTS, reflectance_problem, sample_optical
 from glacier_mapping.store import (
     atomic_copy,
     atomic_path,
@@ -573,10 +574,16 @@ class DeployOptions:
         allow_partial_coverage: map a scene that an input (DEM, SAR, thermal, another optical
             file) covers only in part, instead of refusing it; the coverage is logged and
             recorded in ``summary.json``.
+        product: the :data:`glacier_mapping.products.PRODUCTS` entry the scene's optical
+            scale and offset come from (``--product``); checked against the scene's and
+            recorded in ``summary.json`` with its caveats.
+        reflectance_check: refuse a scene whose sampled optical values do not look like
+            reflectance (:func:`glacier_mapping.products.reflectance_problem`); on in
+            ``glacier-mapping deploy`` unless ``--skip-reflectance-check``.
 
     Raises:
-        DeploymentError: for a value out of range or an unknown precision or blend; the
-            message names the command-line option.
+        DeploymentError: for a value out of range or an unknown precision, blend or product;
+            the message names the command-line option.
     """
 
     coordinates: bool | None = None
@@ -590,6 +597,8 @@ class DeployOptions:
     prefetch: bool = True
     vector_strip_rows: int = 1024
     allow_partial_coverage: bool = False
+    product: str | None = None
+    reflectance_check: bool = False
 
     def __post_init__(self) -> None:
         counts = [("--batch-size", self.batch_size, 1, "windows per model call", 8),
@@ -612,6 +621,11 @@ class DeployOptions:
                 f"blend={self.blend!r} is not one of {list(BLENDS)}; pass --blend "
                 f"{' / '.join(BLENDS)}."
             )
+        if self.product is not None and self.product not in PRODUCTS:
+            raise DeploymentError(
+                f"product={self.product!r} is not one of {list(PRODUCTS)}; pass --product "
+                f"{' / '.join(PRODUCTS)}."
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployOptions:
@@ -619,7 +633,8 @@ class DeployOptions:
         return cls(coordinates=args.coordinates, tta=args.tta, mc_passes=args.mc_passes,
                    patch_size=args.patch_size, stride=args.stride, batch_size=args.batch_size,
                    precision=args.precision, blend=args.blend,
-                   allow_partial_coverage=args.allow_partial_coverage)
+                   allow_partial_coverage=args.allow_partial_coverage, product=args.product,
+                   reflectance_check=not args.skip_reflectance_check)
 
 
 @dataclass(frozen=True)
@@ -791,16 +806,70 @@ def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
     """Open the scene of parsed ``glacier-mapping deploy`` arguments and deploy on it."""
     options = DeployOptions.from_args(args)
     inventory = InventoryOptions.from_args(args)
+    bands, scale, offset, nodata = _optical_conversion(args)
     with SceneSource(
-        args.optical, args.bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
+        args.optical, bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
         cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
-        optical_scale=args.optical_scale, name=args.name, date=args.date,
+        optical_scale=scale, name=args.name, date=args.date, optical_offset=offset,
+        optical_nodata=nodata,
     ) as source:
         return deploy_scene(
             source, args.model, args.out, options, calibrator_path=args.calibrator,
             region_vector_path=args.region_vector, norm_stats=args.norm_stats,
             inventory=inventory, progress=not args.no_progress,
         )
+
+
+def _optical_conversion(
+    args: argparse.Namespace,
+) -> tuple[Sequence[str] | str, float, float, float | None]:
+    """Band map, scale, offset and extra nodata of the optical files: ``--product`` or flags.
+
+    With ``--product`` the band map defaults to the product's six bands in its order
+    (:data:`OPTICAL_BANDS` order: one six-band file, or one file per band); ``--bands`` may
+    still describe another layout. ``--optical-scale``/``--optical-offset`` are refused with it.
+    """
+    if args.product is None:
+        if args.bands is None:
+            raise DeploymentError(
+                f"Pass --bands (one name per optical file band, in file order: "
+                f"{','.join(OPTICAL_BANDS)} or '-' to skip one) or --product NAME "
+                f"({', '.join(PRODUCTS)})."
+            )
+        return (args.bands, 1.0 if args.optical_scale is None else args.optical_scale,
+                0.0 if args.optical_offset is None else args.optical_offset, None)
+    product = PRODUCTS[args.product]
+    given = [flag for flag, value in (("--optical-scale", args.optical_scale),
+                                      ("--optical-offset", args.optical_offset))
+             if value is not None]
+    if given:
+        raise DeploymentError(
+            f"--product {product.name} sets the scale ({product.scale:g}) and offset "
+            f"({product.offset:g}); drop {' and '.join(given)}, or drop --product to give the "
+            "scale and offset yourself."
+        )
+    return (OPTICAL_BANDS if args.bands is None else args.bands, product.scale,
+            product.offset, product.nodata)
+
+
+def _check_product(source: SceneSource, product: str) -> None:
+    """Refuse a scene whose optical scale and offset are not those of ``product``."""
+    expected = PRODUCTS[product]
+    if (source.optical_scale, source.optical_offset) != (expected.scale, expected.offset):
+        raise DeploymentError(
+            f"The scene's optical scale {source.optical_scale:g} and offset "
+            f"{source.optical_offset:g} are not those of product {product} "
+            f"({expected.scale:g}, {expected.offset:g}); open it with the product's."
+        )
+
+
+def _check_reflectance(source: SceneSource) -> None:
+    """Refuse a scene whose sampled optical values do not look like reflectance."""
+    problem = reflectance_problem(sample_optical(source), source.optical_scale,
+                                  source.optical_offset)
+    if problem is not None:
+        raise DeploymentError(f"{source.grid_path}: {problem}. --skip-reflectance-check maps "
+                              "it anyway.")
 
 
 def _prepare(
@@ -822,6 +891,10 @@ def _prepare(
     check_stats(stats, info.sensors)
     reader = _WindowReader(source, info.sensors, stats, info.patch_size, mode, region_vector)
     stride = _check_windows(source, info, options.stride)
+    if options.product is not None:
+        _check_product(source, options.product)
+    if options.reflectance_check:
+        _check_reflectance(source)
     coverage, notes = _check_coverage(source, info.sensors, options.allow_partial_coverage)
     return _Setup(options, precision, model_path, info, runner, reader, region_vector_path,
                   calibrator_path, calibrator, stride, coverage, notes, plan)
@@ -1017,6 +1090,9 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
                      "pass --calibrator JSON.")
         logger.warning(notes[-1])
     options, reader = setup.options, setup.reader
+    product = None if options.product is None else PRODUCTS[options.product]
+    if product is not None and product.note is not None:
+        notes.append(f"--product {product.name}: {product.note}")
     height, width = source.shape
     return DeploymentSummary(
         scene=source.name, date=source.date, out_dir=str(out_dir),
@@ -1034,7 +1110,11 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
                     "batch_size": options.batch_size, "precision": setup.precision,
                     "blend": options.blend, "prefetch": options.prefetch,
                     "raster_format": totals["format"],
-                    "allow_partial_coverage": options.allow_partial_coverage},
+                    "allow_partial_coverage": options.allow_partial_coverage,
+                    "product": options.product, "optical_scale": source.optical_scale,
+                    "optical_offset": source.optical_offset,
+                    "optical_nodata": source.optical_nodata,
+                    "reflectance_check": options.reflectance_check},
         pixels={"total": height * width, "valid": totals["valid"],
                 "glacier": totals["glacier"], "windows": totals["windows"]},
         glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
@@ -1336,11 +1416,24 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``glacier-mapping deploy`` options to ``parser``."""
     parser.add_argument("--optical", nargs="+", required=True, type=Path, metavar="FILE",
                         help="optical GeoTIFF/COG file(s); the first defines the output grid")
-    parser.add_argument("--bands", required=True,
+    parser.add_argument("--bands",
                         help=f"comma-separated name of every optical file band, in file order: "
-                             f"{','.join(OPTICAL_BANDS)} or '-' to skip a band")
-    parser.add_argument("--optical-scale", type=float, default=1.0,
-                        help="factor turning optical values into reflectance (e.g. 0.0001)")
+                             f"{','.join(OPTICAL_BANDS)} or '-' to skip a band (default with "
+                             "--product: the product's six bands in this order)")
+    parser.add_argument("--product", choices=list(PRODUCTS),
+                        help="the optical files' product: sets the scale, offset and nodata "
+                             "(drop --optical-scale/--optical-offset); one six-band file or one "
+                             "file per band, blue to swir2 (e.g. Sentinel-2 B02,B03,B04,B08,B11,"
+                             "B12; Landsat 8-9 B2-B7)")
+    parser.add_argument("--optical-scale", type=float,
+                        help="factor turning optical values into reflectance (default 1; e.g. "
+                             "0.0001)")
+    parser.add_argument("--optical-offset", type=float,
+                        help="added after the scale: reflectance = value * scale + offset "
+                             "(default 0; e.g. -0.1 for Sentinel-2 L2A since January 2022)")
+    parser.add_argument("--skip-reflectance-check", action="store_true",
+                        help="map even if the sampled optical values do not look like "
+                             "reflectance (by default such a scene is refused)")
     parser.add_argument("--dem", type=Path, metavar="FILE", help="elevation (m)")
     parser.add_argument("--slope", type=Path, metavar="FILE",
                         help="slope (deg); derived from the DEM when omitted")
