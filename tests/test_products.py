@@ -52,7 +52,8 @@ def deploy(kit, out, *extra, optical=None):
     parser = argparse.ArgumentParser()
     add_deploy_arguments(parser)
     optical = [kit["l2a"]] if optical is None else optical
-    args = parser.parse_args(["--optical", *map(str, optical), "--dem", str(kit["dem"]),
+    files = ["--optical", *map(str, optical)] if optical else []
+    args = parser.parse_args([*files, "--dem", str(kit["dem"]),
                               "--model", str(kit["model"]), "--out", str(out), "--no-progress",
                               "--precision", "float32", *extra])
     return deploy_from_args(args)

@@ -38,7 +38,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ from glacier_mapping.inventory import (
 from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
 from glacier_mapping.models import load_model
 from glacier_mapping.products import PRODUCTS, reflectance_problem, sample_optical
+from glacier_mapping.stac import StacError, read_stac_item
 from glacier_mapping.store import (
     atomic_copy,
     atomic_path,
@@ -580,6 +581,7 @@ class DeployOptions:
         reflectance_check: refuse a scene whose sampled optical values do not look like
             reflectance (:func:`glacier_mapping.products.reflectance_problem`); on in
             ``glacier-mapping deploy`` unless ``--skip-reflectance-check``.
+        stac_item: the ``--stac-item`` the optical files came from (recorded only).
 
     Raises:
         DeploymentError: for a value out of range or an unknown precision, blend or product;
@@ -599,6 +601,7 @@ class DeployOptions:
     allow_partial_coverage: bool = False
     product: str | None = None
     reflectance_check: bool = False
+    stac_item: str | None = None
 
     def __post_init__(self) -> None:
         counts = [("--batch-size", self.batch_size, 1, "windows per model call", 8),
@@ -806,11 +809,30 @@ def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
     """Open the scene of parsed ``glacier-mapping deploy`` arguments and deploy on it."""
     options = DeployOptions.from_args(args)
     inventory = InventoryOptions.from_args(args)
-    bands, scale, offset, nodata = _optical_conversion(args)
+    name, date = args.name, args.date
+    if args.stac_item is None:
+        optical = args.optical
+        if optical is None:
+            raise DeploymentError("Pass the optical files with --optical FILE [FILE ...] or a "
+                                  "STAC item with --stac-item JSON.")
+        bands, scale, offset, nodata = _optical_conversion(args)
+    else:
+        given = [flag for flag, value in (
+            ("--optical", args.optical), ("--bands", args.bands), ("--product", args.product),
+            ("--optical-scale", args.optical_scale), ("--optical-offset", args.optical_offset))
+            if value is not None]
+        if given:
+            raise DeploymentError(f"--stac-item sets the optical files, bands, scale and offset; "
+                                  f"drop {', '.join(given)}.")
+        item = read_stac_item(args.stac_item)
+        optical, bands, scale, offset, nodata = (list(item.files), OPTICAL_BANDS, item.scale,
+                                                 item.offset, item.nodata)
+        name, date = name or item.name, date or item.date
+        options = replace(options, product=item.product, stac_item=str(args.stac_item))
     with SceneSource(
-        args.optical, bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
+        optical, bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
         cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
-        optical_scale=scale, name=args.name, date=args.date, optical_offset=offset,
+        optical_scale=scale, name=name, date=date, optical_offset=offset,
         optical_nodata=nodata,
     ) as source:
         return deploy_scene(
@@ -1114,7 +1136,8 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
                     "product": options.product, "optical_scale": source.optical_scale,
                     "optical_offset": source.optical_offset,
                     "optical_nodata": source.optical_nodata,
-                    "reflectance_check": options.reflectance_check},
+                    "reflectance_check": options.reflectance_check,
+                    "stac_item": options.stac_item},
         pixels={"total": height * width, "valid": totals["valid"],
                 "glacier": totals["glacier"], "windows": totals["windows"]},
         glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
@@ -1414,8 +1437,12 @@ def _write_inventory(source: SceneSource, plan: _InventoryPlan, staged: dict[str
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``glacier-mapping deploy`` options to ``parser``."""
-    parser.add_argument("--optical", nargs="+", required=True, type=Path, metavar="FILE",
+    parser.add_argument("--optical", nargs="+", type=Path, metavar="FILE",
                         help="optical GeoTIFF/COG file(s); the first defines the output grid")
+    parser.add_argument("--stac-item", metavar="JSON",
+                        help="instead of --optical: a STAC item (path or URL) whose assets are "
+                             "local files; bands by eo:bands common name, scale and offset from "
+                             "raster:bands or the item's product")
     parser.add_argument("--bands",
                         help=f"comma-separated name of every optical file band, in file order: "
                              f"{','.join(OPTICAL_BANDS)} or '-' to skip a band (default with "
@@ -1502,7 +1529,7 @@ def deploy_from_args(args: argparse.Namespace) -> int:
     try:
         with _signal_handler(_interrupt):
             summary = run_deploy(args)
-    except (SceneError, DeploymentError, FileNotFoundError, ValueError) as error:
+    except (SceneError, DeploymentError, StacError, FileNotFoundError, ValueError) as error:
         print(f"glacier-mapping deploy: error: {error}", file=sys.stderr)
         return 2
     except DeployInterrupted as stop:
