@@ -17,7 +17,7 @@ from glacier_mapping.inventory import (
     write_layer,
 )
 from glacier_mapping.pixel_geometry import pixel_areas_km2
-from glacier_mapping.registry import RealSceneNotAvailable, everest_scene, fetch
+from glacier_mapping.registry import RealSceneNotAvailable, fetch
 
 X0, Y0, PIXEL = 500_000.0, 5_100_000.0, 30.0
 GRID = Grid(CRS.from_epsg(32632), Affine(PIXEL, 0.0, X0, 0.0, -PIXEL, Y0), 60, 90)
@@ -184,18 +184,6 @@ def test_layer_refuses_inconsistent_inputs():
                         dem=np.zeros((5, 5)))
 
 
-@pytest.fixture(scope="module")
-def everest():
-    try:
-        scene = everest_scene()
-    except RealSceneNotAvailable as error:
-        pytest.skip(f"Everest scene not available (shared/real_scenes absent): {error}")
-    with rasterio.open(scene.mask) as dataset:
-        mask = dataset.read(1)
-        grid = Grid(dataset.crs, dataset.transform, dataset.height, dataset.width)
-    return scene, mask, grid, gpd.read_file(scene.outlines)
-
-
 def _areas(everest, mask, max_distance_m=60.0):
     scene, _, grid, outlines = everest
     split = split_by_inventory(mask, grid, outlines, max_distance_m)
@@ -203,9 +191,9 @@ def _areas(everest, mask, max_distance_m=60.0):
     return split, layer.set_index("rgi_id")
 
 
-def test_everest_rgi_mask_split_by_rgi_outlines(everest):
-    _, mask, grid, outlines = everest
-    split, layer = _areas(everest, mask)
+def test_everest_rgi_mask_split_by_rgi_outlines(everest_rgi):
+    _, mask, grid, outlines = everest_rgi
+    split, layer = _areas(everest_rgi, mask)
     assert split.inventory == "RGI 6.0" and (split.glaciers["origin"] == "inventory").all()
     assert layer.is_valid.all() and layer.crs.to_epsg() == 4326
     # the mask is the outlines rasterised the same way: no change anywhere
@@ -217,17 +205,17 @@ def test_everest_rgi_mask_split_by_rgi_outlines(everest):
     np.testing.assert_allclose(layer.loc[large.index, "area_km2"], large["Area"], rtol=0.01)
 
 
-def test_everest_eroded_and_dilated_masks(everest):
-    _, mask, grid, outlines = everest
-    _, exact = _areas(everest, mask)
-    _, eroded = _areas(everest, ndimage.binary_erosion(mask == 1))
+def test_everest_eroded_and_dilated_masks(everest_rgi):
+    _, mask, grid, outlines = everest_rgi
+    _, exact = _areas(everest_rgi, mask)
+    _, eroded = _areas(everest_rgi, ndimage.binary_erosion(mask == 1))
     inside = outlines.to_crs(grid.crs.to_wkt())
     inside = inside[inside.within(shapely.box(*grid.bounds))].set_index("RGIId")
     lost = exact.loc[inside.index, "area_km2"] - eroded.loc[inside.index, "area_km2"]
     # one ring of pixels, at most the perimeter times a pixel
     assert (lost > 0).all() and (lost <= inside.length / 1000 * 0.030).all()
     dilated = ndimage.binary_dilation(mask == 1, iterations=2)  # every new pixel <= 85 m away
-    split, grown = _areas(everest, dilated, max_distance_m=100.0)
+    split, grown = _areas(everest_rgi, dilated, max_distance_m=100.0)
     assert (split.glaciers["origin"] == "inventory").all()
     assert split.glaciers["pixels"].sum() == dilated.sum()
     assert (grown.loc[exact.index, "area_km2"] >= exact["area_km2"]).all()

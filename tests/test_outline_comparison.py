@@ -5,7 +5,6 @@ import math
 import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
@@ -20,7 +19,6 @@ from glacier_mapping.outline_comparison import (
     outline_distances,
     summary,
 )
-from glacier_mapping.registry import RealSceneNotAvailable, everest_scene
 
 UTM = "EPSG:32632"
 X0, Y0 = 500_000.0, 5_100_000.0  # on the central meridian of UTM 32N
@@ -209,20 +207,8 @@ def test_bad_inputs():
 # The real RGI 6.0 outlines of the Everest scene
 
 
-@pytest.fixture(scope="module")
-def everest():
-    try:
-        scene = everest_scene()
-    except RealSceneNotAvailable as error:
-        pytest.skip(f"Everest scene not available (shared/real_scenes absent): {error}")
-    with rasterio.open(scene.mask) as dataset:
-        mask = dataset.read(1)
-        grid = Grid(dataset.crs, dataset.transform, dataset.height, dataset.width)
-    return gpd.read_file(scene.outlines), mask, grid
-
-
-def test_everest_outlines_against_themselves(everest):
-    outlines, _, grid = everest
+def test_everest_outlines_against_themselves(everest_rgi):
+    _, _, grid, outlines = everest_rgi
     table = compare_outlines(outlines, outlines, mapped_area_from_grid(grid))
     assert len(table) == 86 and (table["match"] == "both").all()
     assert np.allclose(table["area_deviation_pct"], 0.0, atol=1e-9)
@@ -233,8 +219,8 @@ def test_everest_outlines_against_themselves(everest):
     assert numbers["reference_area_km2"] == pytest.approx(253.5, abs=0.5)
 
 
-def test_everest_outlines_grown_by_30_m(everest):
-    outlines, _, grid = everest
+def test_everest_outlines_grown_by_30_m(everest_rgi):
+    _, _, grid, outlines = everest_rgi
     grown = outlines.to_crs(grid.crs)
     grown["geometry"] = grown.buffer(SHIFT)
     table = compare_outlines(grown, outlines, mapped_area_from_grid(grid))
@@ -248,9 +234,9 @@ def test_everest_outlines_grown_by_30_m(everest):
     assert 0 < numbers["area_bias_pct"] < 20
 
 
-def test_everest_outlines_rasterised_at_30_m(everest):
+def test_everest_outlines_rasterised_at_30_m(everest_rgi):
     """A perfect map at 30 m: the pixel staircase alone, a quarter to half a pixel."""
-    outlines, mask, grid = everest
+    _, mask, grid, outlines = everest_rgi
     split = split_by_inventory(mask, grid, outlines, max_distance_m=0.0)
     layer = inventory_layer(split, mask.astype(float), grid, "2000-10-30", block_px=4,
                             samples=10)
