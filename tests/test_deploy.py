@@ -18,7 +18,7 @@ from keras import layers
 from rasterio.transform import from_origin
 
 import glacier_mapping.deploy as deploy
-from glacier_mapping import store
+from glacier_mapping import scene_inference, store
 from glacier_mapping.adaptation import save_region_vector
 from glacier_mapping.calibration import TemperatureCalibrator, confidence
 from glacier_mapping.data.patches import coordinate_vector
@@ -140,13 +140,13 @@ def test_strips_equal_one_piece_and_outputs_are_georeferenced(files, tmp_path):
 def test_scene_probabilities_are_the_chapters_bit_for_bit(files, tmp_path, monkeypatch):
     """deploy_scene and predict_array blend with the one WindowBlender: identical float32."""
     finished = []
-    real_write = deploy._StripWriter.write
+    real_finish = scene_inference._finish
 
-    def recording(self, rows):
+    def recording(rows, calibrator, spread):
         finished.append(rows)
-        real_write(self, rows)
+        return real_finish(rows, calibrator, spread)
 
-    monkeypatch.setattr(deploy._StripWriter, "write", recording)
+    monkeypatch.setattr(scene_inference, "_finish", recording)
     with source_of(files) as source:
         deploy_scene(source, files["model"], tmp_path / "out",
                      DeployOptions(stride=5, batch_size=3, precision="float32"), progress=False)
@@ -504,13 +504,13 @@ def test_coordinates_are_radians(files, tmp_path, monkeypatch):
     np.testing.assert_allclose(vector, [0.5, math.sqrt(3) / 2, 1.0, 0.0], atol=1e-6)
     model = tiny_model(tmp_path / "coords.keras", location_size=4)
     seen = []
-    real = deploy.predict_windows
+    real = scene_inference.predict_windows
 
     def recording(model, batch, **kwargs):
         seen.append(kwargs["location"])
         return real(model, batch, **kwargs)
 
-    monkeypatch.setattr(deploy, "predict_windows", recording)
+    monkeypatch.setattr(scene_inference, "predict_windows", recording)
     with source_of(files) as source:
         summary = deploy_scene(source, model, tmp_path / "out", progress=False)
         lon, lat = source.center_lonlat(0, 0, P, P)
@@ -530,13 +530,13 @@ def test_region_vector_is_repeated_per_window(files, tmp_path, monkeypatch):
     vector[5] = 1.0
     path = save_region_vector(vector, tmp_path / "region.json")
     seen = []
-    real = deploy.predict_windows
+    real = scene_inference.predict_windows
 
     def recording(model, batch, **kwargs):
         seen.append(kwargs["location"])
         return real(model, batch, **kwargs)
 
-    monkeypatch.setattr(deploy, "predict_windows", recording)
+    monkeypatch.setattr(scene_inference, "predict_windows", recording)
     with source_of(files) as source:
         with pytest.raises(DeploymentError, match=r"pass --region-vector JSON"):
             deploy_scene(source, model, tmp_path / "o1", progress=False)

@@ -36,7 +36,6 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral
@@ -54,7 +53,6 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import shape
-from tqdm.auto import tqdm
 
 from glacier_mapping.adaptation import load_region_vector
 from glacier_mapping.area_uncertainty import (
@@ -67,8 +65,7 @@ from glacier_mapping.area_uncertainty import (
     calibrator_shift,
     glacier_probability,
 )
-from glacier_mapping.calibration import Calibrator, confidence, load_calibrator
-from glacier_mapping.data.patches import coordinate_vector
+from glacier_mapping.calibration import Calibrator, load_calibrator
 from glacier_mapping.data.scenes import OPTICAL_BANDS, Grid, SceneError, SceneSource, check_stats
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
@@ -81,11 +78,9 @@ from glacier_mapping.inference import (
     BLENDS,
     DEFAULT_BLEND,
     PRECISIONS,
-    BlendedRows,
-    WindowBlender,
     inference_model,
-    predict_windows,
     resolve_precision,
+    window_origins,
 )
 from glacier_mapping.inventory import (
     DEFAULT_MAX_DISTANCE_M,
@@ -95,9 +90,15 @@ from glacier_mapping.inventory import (
     split_by_inventory,
     write_layer,
 )
-from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
 from glacier_mapping.models import load_model
 from glacier_mapping.products import PRODUCTS, reflectance_problem, sample_optical
+from glacier_mapping.scene_inference import (
+    CLASS_NODATA,
+    SceneTotals,
+    WindowPlan,
+    WindowReader,
+    mapped_rows,
+)
 from glacier_mapping.stac import StacError, read_stac_item
 from glacier_mapping.store import (
     atomic_copy,
@@ -115,7 +116,6 @@ SUMMARY_FILE = "summary.json"
 #: Files a deployment publishes; ``summary.json``, written last, marks the set complete.
 OUTPUT_FILES = (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE, SUMMARY_FILE)
 POLYGON_LAYER = "glaciers"
-CLASS_NODATA = 255
 MODEL_CARD = "model_card.json"
 NORM_STATS_FILE = "norm_stats.json"
 #: Default window step as a fraction of the patch size: half a patch, the original's. In
@@ -473,60 +473,6 @@ def _pause_for_tests(stage: str) -> None:
     time.sleep(PAUSE_SECONDS)
 
 
-def _batches(items: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-@dataclass(frozen=True)
-class _WindowReader:
-    """Reads one batch of windows (features, validity and location) of a window row."""
-
-    source: SceneSource
-    sensors: tuple[str, ...]
-    stats: NormStats
-    size: int
-    mode: str | None
-    region_vector: np.ndarray | None
-
-    def __call__(self, job: tuple[int, list[int]]) -> tuple[dict[str, np.ndarray], np.ndarray,
-                                                          np.ndarray | None]:
-        """Windows ``(B, P, P, C)`` per sensor, validity ``(P, right - left)``, location."""
-        row, batch = job
-        size, left, right = self.size, batch[0], batch[-1] + self.size
-        features, valid = self.source.read_window(row, left, size, right - left, self.sensors,
-                                                  self.stats)
-        windows = {name: np.stack([array[:, c - left : c - left + size] for c in batch])
-                   for name, array in features.items()}
-        location = None
-        if self.mode == "region":
-            location = self.region_vector
-        elif self.mode == "coordinates":
-            centres = [self.source.center_lonlat(row, col, size, size) for col in batch]
-            location = np.stack([coordinate_vector(lat=lat, lon=lon) for lon, lat in centres])
-        return windows, valid, location
-
-
-def _read_ahead(jobs: Sequence[Any], read: Callable[[Any], Any],
-                prefetch: bool) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(job, read(job))`` in order; with ``prefetch`` the next read runs meanwhile.
-
-    One background thread does every read, in job order, so a file handle is never used by
-    two threads at once; at most one read result waits in memory.
-    """
-    if not prefetch:
-        for job in jobs:
-            yield job, read(job)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploy-read") as pool:
-        pending = pool.submit(read, jobs[0]) if jobs else None
-        for index, job in enumerate(jobs):
-            result = pending.result()
-            if index + 1 < len(jobs):
-                pending = pool.submit(read, jobs[index + 1])
-            yield job, result
-
-
 def _raster_profile(source: SceneSource, dtype: str, nodata: float) -> dict[str, Any]:
     return {
         "driver": "GTiff", "height": source.grid.height, "width": source.grid.width,
@@ -547,11 +493,6 @@ def _to_cog(tiled: Path, final: Path, resampling: str) -> str:
         rasterio.shutil.copy(tiled, temporary, driver="COG", compress="DEFLATE",
                              blocksize=_BLOCK, overview_resampling=resampling)
     return "COG"
-
-
-def _pixel_area_km2(source: SceneSource, rows: np.ndarray) -> np.ndarray:
-    dx, dy = source.grid.pixel_size_m(rows.astype(np.float64))
-    return dx * dy / 1e6
 
 
 @dataclass(frozen=True)
@@ -709,15 +650,19 @@ class _InventoryPlan:
 
 
 @dataclass(frozen=True)
-class _Setup:
-    """Everything a deployment resolved and checked before its first window."""
+class DeploymentSetup:
+    """Everything a deployment resolved and checked before its first window.
+
+    Made by :func:`prepare_deployment`; :func:`deploy_scene` and
+    :func:`glacier_mapping.mapping.map_glaciers` run its :meth:`plan` with :attr:`runner`.
+    """
 
     options: DeployOptions
     precision: str
     model_path: Path
     info: _ModelInfo
     runner: Any
-    reader: _WindowReader
+    reader: WindowReader
     region_vector_path: Path | None
     calibrator_path: str | os.PathLike[str] | None
     calibrator: Calibrator | None
@@ -725,6 +670,16 @@ class _Setup:
     coverage: dict[str, float]
     notes: list[str]
     inventory: _InventoryPlan | None
+
+    def plan(self, spread: bool = False) -> WindowPlan:
+        """The window plan of these options (``spread``: also the MC-dropout spread)."""
+        options = self.options
+        try:
+            return WindowPlan(self.info.patch_size, self.stride, options.batch_size,
+                              options.blend, options.tta, options.mc_passes, options.prefetch,
+                              spread)
+        except ValueError as error:
+            raise DeploymentError(f"{error} (--mc-passes)") from None
 
 
 def deploy_scene(
@@ -776,13 +731,13 @@ def deploy_scene(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         started = time.perf_counter()
         out_dir = Path(out_dir)
-        setup = _prepare(source, Path(model_path), out_dir, options, calibrator_path,
-                         region_vector_path, norm_stats, inventory)
+        setup = prepare_deployment(source, Path(model_path), options, calibrator_path,
+                                   region_vector_path, norm_stats, inventory, out_dir=out_dir)
         with _staging(out_dir) as staging:
             staged = {name: staging / name for name in (CLASS_FILE, CONFIDENCE_FILE,
                                                         POLYGON_FILE)}
-            totals = _predict_and_write(source, setup, staged, progress)
-            estimated = _estimated_iou(totals.pop("counts"), setup.calibrator)
+            totals, raster_format, seconds = _predict_and_write(source, setup, staged, progress)
+            estimated = totals.estimated_iou(setup.calibrator)
             vector_start = time.perf_counter()
             record = None
             if setup.inventory is None:
@@ -794,13 +749,12 @@ def deploy_scene(
             else:
                 polygon_count, record = _write_inventory(source, setup.inventory, staged,
                                                          options.vector_strip_rows)
-            seconds = dict(totals.pop("seconds"))
             seconds["vectorise" if record is None else "inventory"] = round(
                 time.perf_counter() - vector_start, 3)
             seconds["total"] = round(time.perf_counter() - started, 3)
             paths = {name: out_dir / name for name in OUTPUT_FILES}
-            summary = _summary(source, setup, out_dir, paths, totals, polygon_count, estimated,
-                               seconds, record)
+            summary = _summary(source, setup, out_dir, paths, totals, raster_format,
+                               polygon_count, seconds, record)
             _publish(staged, out_dir, SUMMARY_FILE, summary.to_json())
         return summary
 
@@ -894,31 +848,41 @@ def _check_reflectance(source: SceneSource) -> None:
                               "it anyway.")
 
 
-def _prepare(
-    source: SceneSource, model_path: Path, out_dir: Path, options: DeployOptions,
+def prepare_deployment(
+    source: SceneSource, model_path: Path, options: DeployOptions,
     calibrator_path: str | os.PathLike[str] | None,
     region_vector_path: str | os.PathLike[str] | None,
     norm_stats: NormStats | str | os.PathLike[str] | None,
     inventory: InventoryOptions | None = None,
-) -> _Setup:
-    """Check every input and the output directory, creating nothing; load what the run needs."""
+    out_dir: Path | None = None,
+) -> DeploymentSetup:
+    """Check every input (and ``out_dir``, when given), creating nothing; load the model.
+
+    Arguments as in :func:`deploy_scene`.
+
+    Raises:
+        DeploymentError: for a bad parameter, model, calibrator, sensor mismatch, partial
+            coverage, reflectance, output directory or inventory setting.
+        SceneError: for a scene smaller than one window or without valid pixels.
+    """
     precision = resolve_precision(options.precision)
     calibrator = _load_calibrator(calibrator_path)
     plan = None if inventory is None else _plan_inventory(inventory, source, calibrator_path)
-    _check_out_dir(out_dir)
+    if out_dir is not None:
+        _check_out_dir(out_dir)
     info, runner, card = _prepare_model(model_path, options.patch_size, precision)
     region_vector_path = None if region_vector_path is None else Path(region_vector_path)
     mode, region_vector = _check_inputs(source, info, options.coordinates, region_vector_path)
     stats = _norm_stats(norm_stats, model_path, card)
     check_stats(stats, info.sensors)
-    reader = _WindowReader(source, info.sensors, stats, info.patch_size, mode, region_vector)
+    reader = WindowReader(source, info.sensors, stats, info.patch_size, mode, region_vector)
     stride = _check_windows(source, info, options.stride)
     if options.product is not None:
         _check_product(source, options.product)
     if options.reflectance_check:
         _check_reflectance(source)
     coverage, notes = _check_coverage(source, info.sensors, options.allow_partial_coverage)
-    return _Setup(options, precision, model_path, info, runner, reader, region_vector_path,
+    return DeploymentSetup(options, precision, model_path, info, runner, reader, region_vector_path,
                   calibrator_path, calibrator, stride, coverage, notes, plan)
 
 
@@ -1094,17 +1058,10 @@ def _check_windows(source: SceneSource, info: _ModelInfo, stride: int | None) ->
     return stride
 
 
-def _estimated_iou(counts: dict[str, float], calibrator: Calibrator | None) -> float | None:
-    """The scene's estimated glacier IoU; None without a calibrator or when undefined."""
-    if calibrator is None:
-        return None
-    estimated = estimate_iou(counts)
-    return None if math.isnan(estimated) else estimated
-
-
-def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str, Path],
-             totals: dict[str, Any], polygon_count: int, estimated: float | None,
-             seconds: dict[str, float], inventory: dict[str, Any] | None) -> DeploymentSummary:
+def _summary(source: SceneSource, setup: DeploymentSetup, out_dir: Path,
+             paths: dict[str, Path], totals: SceneTotals, raster_format: str,
+             polygon_count: int, seconds: dict[str, float],
+             inventory: dict[str, Any] | None) -> DeploymentSummary:
     """What the deployment wrote and measured."""
     notes = list(setup.notes)
     if setup.calibrator is None:
@@ -1131,105 +1088,60 @@ def _summary(source: SceneSource, setup: _Setup, out_dir: Path, paths: dict[str,
         parameters={"tta": options.tta, "mc_passes": options.mc_passes, "stride": setup.stride,
                     "batch_size": options.batch_size, "precision": setup.precision,
                     "blend": options.blend, "prefetch": options.prefetch,
-                    "raster_format": totals["format"],
+                    "raster_format": raster_format,
                     "allow_partial_coverage": options.allow_partial_coverage,
                     "product": options.product, "optical_scale": source.optical_scale,
                     "optical_offset": source.optical_offset,
                     "optical_nodata": source.optical_nodata,
                     "reflectance_check": options.reflectance_check,
                     "stac_item": options.stac_item},
-        pixels={"total": height * width, "valid": totals["valid"],
-                "glacier": totals["glacier"], "windows": totals["windows"]},
-        glacier_area_km2=float(totals["area_km2"]), polygon_count=polygon_count,
-        estimated_iou=estimated,
-        mean_confidence=(totals["confidence_sum"] / totals["valid"]
-                         if totals["valid"] else None),
+        pixels={"total": height * width, "valid": totals.valid,
+                "glacier": totals.glacier, "windows": totals.windows},
+        glacier_area_km2=float(totals.area_km2), polygon_count=polygon_count,
+        estimated_iou=totals.estimated_iou(setup.calibrator),
+        mean_confidence=totals.mean_confidence,
         seconds=seconds,
         peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         notes=notes, coverage=setup.coverage, inventory=inventory,
     )
 
 
-class _StripWriter:
-    """Turns finished rows of blended probabilities into raster rows and running totals."""
+def _predict_and_write(source: SceneSource, setup: DeploymentSetup, paths: dict[str, Path],
+                       progress: bool) -> tuple[SceneTotals, str, dict[str, float]]:
+    """Map the scene row by row into the class and confidence rasters.
 
-    def __init__(self, source: SceneSource, class_out: Any, conf_out: Any,  # noqa: ANN401
-                 calibrator: Calibrator | None, totals: dict[str, Any]) -> None:
-        self.source, self.calibrator, self.totals = source, calibrator, totals
-        self.class_out, self.conf_out = class_out, conf_out
-
-    def write(self, rows: BlendedRows) -> None:
-        """Write finished rows (their mask: valid pixels) and add them to the totals."""
-        top, probs, valid = rows
-        bottom = top + len(probs)
-        pred = np.argmax(probs, axis=-1).astype(np.uint8)
-        conf = (confidence(probs) if self.calibrator is None
-                else self.calibrator.calibrated_confidence(probs)).astype(np.float32)
-        totals = self.totals
-        totals["counts"].append(expected_counts(pred, conf, valid))
-        glacier = (pred == 1) & valid
-        area = _pixel_area_km2(self.source, np.arange(top, bottom))
-        totals["valid"] += int(valid.sum())
-        totals["glacier"] += int(glacier.sum())
-        totals["area_km2"] += float((glacier.sum(axis=1) * area).sum())
-        totals["confidence_sum"] += float(conf[valid].sum())
-        block = Window(0, top, self.source.grid.width, bottom - top)
-        self.class_out.write(np.where(valid, pred, CLASS_NODATA).astype(np.uint8), 1,
-                             window=block)
-        self.conf_out.write(np.where(valid, conf, np.nan).astype(np.float32), 1, window=block)
-
-
-def _predict_and_write(source: SceneSource, setup: _Setup, paths: dict[str, Path],
-                       progress: bool) -> dict[str, Any]:
-    """Run the windows row by row and write the class and confidence rasters."""
-    height, width = source.shape
-    options, size = setup.options, setup.info.patch_size
-    blender = WindowBlender(height, width, size, setup.stride, options.blend)
-    rows = sorted({row for row, _ in blender.origins})
-    columns = sorted({col for _, col in blender.origins})
-    jobs = [(row, batch) for row in rows for batch in _batches(columns, options.batch_size)]
+    Returns:
+        The scene's totals, the rasters' format and the seconds spent predicting and writing.
+    """
+    plan = setup.plan()
     tiled = {name: paths[name].with_name(f".{name}.part-{os.getpid()}")
              for name in (CLASS_FILE, CONFIDENCE_FILE)}
-    totals: dict[str, Any] = {"valid": 0, "glacier": 0, "area_km2": 0.0, "confidence_sum": 0.0,
-                              "windows": len(blender.origins), "counts": []}
-    predict_seconds = write_seconds = 0.0
+    totals = SceneTotals(windows=len(window_origins(*source.shape, plan.patch_size,
+                                                    plan.stride)))
+    write_seconds = 0.0
     try:
         with rasterio.open(tiled[CLASS_FILE], "w",
                            **_raster_profile(source, "uint8", CLASS_NODATA)) as class_out, \
                 rasterio.open(tiled[CONFIDENCE_FILE], "w",
-                              **_raster_profile(source, "float32", np.nan)) as conf_out, \
-                tqdm(total=len(blender.origins), disable=not progress, unit="window",
-                     desc=f"deploy {source.name}") as bar:
-            writer = _StripWriter(source, class_out, conf_out, setup.calibrator, totals)
-            tick = time.perf_counter()
-            for (row, batch), (windows, valid, location) in _read_ahead(jobs, setup.reader,
-                                                                        options.prefetch):
-                probs = predict_windows(setup.runner, windows, tta=options.tta,
-                                        mc_passes=options.mc_passes, location=location)
-                for window_probs, col in zip(probs, batch, strict=True):
-                    # only the last window of a row of windows finishes rows
-                    finished = blender.add(window_probs, row, col,
-                                           valid[:, col - batch[0] : col - batch[0] + size])
-                bar.update(len(batch))
-                if finished is None:
-                    continue
-                predict_seconds += time.perf_counter() - tick
+                              **_raster_profile(source, "float32", np.nan)) as conf_out:
+            for rows in mapped_rows(source, setup.runner, setup.reader, plan, setup.calibrator,
+                                    totals, progress):
                 tick = time.perf_counter()
-                writer.write(finished)
+                block = Window(0, rows.top, source.grid.width, len(rows.valid))
+                class_out.write(rows.classes, 1, window=block)
+                conf_out.write(rows.confidence, 1, window=block)
                 write_seconds += time.perf_counter() - tick
                 _pause_for_tests("predict")
-                tick = time.perf_counter()
         tick = time.perf_counter()
-        totals["format"] = _to_cog(tiled[CLASS_FILE], paths[CLASS_FILE], "NEAREST")
+        raster_format = _to_cog(tiled[CLASS_FILE], paths[CLASS_FILE], "NEAREST")
         _pause_for_tests("cog")
         _to_cog(tiled[CONFIDENCE_FILE], paths[CONFIDENCE_FILE], "AVERAGE")
         write_seconds += time.perf_counter() - tick
     finally:
         for path in tiled.values():
             path.unlink(missing_ok=True)
-    totals["counts"] = pool_counts(totals["counts"])
-    totals["seconds"] = {"predict": round(predict_seconds, 3), "write": round(write_seconds, 3)}
-    return totals
+    return totals, raster_format, {"predict": round(totals.predict_seconds, 3),
+                                   "write": round(write_seconds, 3)}
 
 
 class _UnionFind:

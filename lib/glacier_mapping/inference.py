@@ -28,7 +28,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor used for CRS metada
 import tensorflow as tf
 import xarray as xr
 
-from glacier_mapping.data.schema import LOCATION_INPUT
+from glacier_mapping.data.schema import GLACIER_CLASS, LOCATION_INPUT
 from glacier_mapping.machine import cpu_flags
 from glacier_mapping.models import set_mc_dropout
 from glacier_mapping.models.folding import folded_clone, folding_copier, folding_pairs
@@ -311,12 +311,49 @@ def predict_windows(
     inputs = _model_inputs(model, batch, location)
     if mc_passes == 0:
         return _average_transforms(model, inputs, tta)
+    total = sum(_mc_dropout_passes(model, inputs, tta, mc_passes))
+    return (total / np.float32(mc_passes)).astype(np.float32)
+
+
+def predict_windows_spread(
+    model: keras.Model,
+    batch: Mapping[str, np.ndarray],
+    mc_passes: int,
+    tta: bool = False,
+    location: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean probabilities of MC-dropout passes and the spread of their glacier probability.
+
+    Arguments as in :func:`predict_windows`; ``mc_passes`` must be at least 2.
+
+    Returns:
+        float32 mean probabilities ``(B, P, P, classes)`` (those of :func:`predict_windows`)
+        and the standard deviation of the glacier probability over the passes ``(B, P, P)``.
+    """
+    if mc_passes < 2:
+        raise ValueError(f"The MC-dropout spread needs mc_passes >= 2, got {mc_passes}.")
+    inputs = _model_inputs(model, batch, location)
+    total = squares = None
+    for probs in _mc_dropout_passes(model, inputs, tta, mc_passes):
+        glacier = probs[..., GLACIER_CLASS].astype(np.float64)
+        total = probs if total is None else total + probs
+        squares = glacier**2 if squares is None else squares + glacier**2
+    mean = (total / np.float32(mc_passes)).astype(np.float32)
+    glacier_mean = mean[..., GLACIER_CLASS].astype(np.float64)
+    variance = np.maximum(squares / mc_passes - glacier_mean**2, 0.0)
+    # sample standard deviation over the passes
+    return mean, np.sqrt(variance * mc_passes / (mc_passes - 1)).astype(np.float32)
+
+
+def _mc_dropout_passes(model: keras.Model, inputs: dict[str, np.ndarray], tta: bool,
+                       passes: int) -> Iterator[np.ndarray]:
+    """The probabilities of ``passes`` runs with MC dropout on, one run at a time."""
     set_mc_dropout(model, True)
     try:
-        total = sum(_average_transforms(model, inputs, tta) for _ in range(mc_passes))
+        for _ in range(passes):
+            yield _average_transforms(model, inputs, tta)
     finally:
         set_mc_dropout(model, False)
-    return (total / np.float32(mc_passes)).astype(np.float32)
 
 
 def predict_heads(model: keras.Model, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
