@@ -844,8 +844,8 @@ def _check_reflectance(source: SceneSource) -> None:
     problem = reflectance_problem(sample_optical(source), source.optical_scale,
                                   source.optical_offset)
     if problem is not None:
-        raise DeploymentError(f"{source.grid_path}: {problem}. --skip-reflectance-check maps "
-                              "it anyway.")
+        raise DeploymentError(f"{source.grid_path}: {problem}. --skip-reflectance-check "
+                              "(DeployOptions(reflectance_check=False)) maps it anyway.")
 
 
 def prepare_deployment(

@@ -291,23 +291,7 @@ class SceneSource:
             raise SceneError("No optical file given (--optical); pass at least one GeoTIFF.")
         if slope is not None and dem is None:
             raise SceneError("A slope file (--slope) was given without a DEM (--dem); add --dem.")
-        if not (math.isfinite(optical_scale) and optical_scale > 0):
-            raise SceneError(
-                f"--optical-scale must be a positive number, got {optical_scale}; pass the factor "
-                "turning file values into reflectance (e.g. 0.0001 for Sentinel-2 L1C)."
-            )
-        if not math.isfinite(optical_offset):
-            raise SceneError(
-                f"--optical-offset must be a finite number, got {optical_offset}; pass the "
-                "reflectance added after the scale (e.g. -0.1 for Sentinel-2 L2A)."
-            )
-        _check_date(date)
-        self.optical_scale = float(optical_scale)
-        self.optical_offset = float(optical_offset)
-        self.optical_nodata = None if optical_nodata is None else float(optical_nodata)
-        self._readers: dict[Path, rasterio.io.DatasetReader | WarpedVRT] = {}
-        self._sources: list[rasterio.io.DatasetReader] = []
-        self.alignment: dict[str, str] = {}
+        self._init_state(optical_scale, optical_offset, optical_nodata, date)
         first = self._check_file(paths[0], None)
         self.grid = Grid(first.crs, first.transform, first.height, first.width)
         #: The first optical file: it defines the grid and the optical scene.
@@ -338,6 +322,28 @@ class SceneSource:
                 self._attach(Path(path), dataset)
                 self.channels[sensor] = [_Channel(Path(path), band)
                                          for band in range(1, dataset.count + 1)]
+
+    def _init_state(self, optical_scale: float, optical_offset: float,
+                    optical_nodata: float | None, date: str | None) -> None:
+        """Check the optical conversion and date; start with no open inputs."""
+        if not (math.isfinite(optical_scale) and optical_scale > 0):
+            raise SceneError(
+                f"--optical-scale must be a positive number, got {optical_scale}; pass the factor "
+                "turning file values into reflectance (e.g. 0.0001 for Sentinel-2 L1C)."
+            )
+        if not math.isfinite(optical_offset):
+            raise SceneError(
+                f"--optical-offset must be a finite number, got {optical_offset}; pass the "
+                "reflectance added after the scale (e.g. -0.1 for Sentinel-2 L2A)."
+            )
+        _check_date(date)
+        self.optical_scale = float(optical_scale)
+        self.optical_offset = float(optical_offset)
+        self.optical_nodata = None if optical_nodata is None else float(optical_nodata)
+        self._readers: dict[Path, rasterio.io.DatasetReader | WarpedVRT] = {}
+        self._sources: list[rasterio.io.DatasetReader] = []
+        self.alignment: dict[str, str] = {}
+        self.channels: dict[str, list[_Channel | None]] = {}
 
     @property
     def sensors(self) -> tuple[str, ...]:
