@@ -12,6 +12,8 @@ import zipfile
 import geopandas as gpd
 import keras
 import numpy as np
+import pystac
+import pystac.validation
 import pytest
 import rasterio
 from keras import layers
@@ -454,8 +456,8 @@ def test_rerun_removes_leftovers_of_killed_runs(files, tmp_path):
     with source_of(files) as source:
         deploy_scene(source, files["model"], out, progress=False)
     assert sorted(path.name for path in out.iterdir()) == [
-        ".staging-1-live", "confidence.tif", "glacier_class.tif", "glaciers.gpkg", "notes.txt",
-        "summary.json"]
+        ".staging-1-live", "confidence.tif", "glacier_class.tif", "glaciers.gpkg", "item.json",
+        "notes.txt", "summary.json"]
     assert deploy.read_summary(out)["scene"] == "optical"
 
 
@@ -594,3 +596,27 @@ def test_cli_arguments(files, tmp_path, capsys):
     ])
     assert deploy_from_args(no_dem) == 2
     assert "--dem FILE" in capsys.readouterr().err
+
+
+def test_deploy_writes_a_stac_item_of_its_outputs(files, tmp_path):
+    with source_of(files, date="2021-08-14", name="scene_a") as source:
+        summary = deploy_scene(source, files["model"], tmp_path / "out",
+                               DeployOptions(stride=8, precision="float32"),
+                               calibrator_path=files["calibrator"], progress=False)
+    item = pystac.Item.from_file(str(tmp_path / "out" / "item.json"))
+    # the core STAC item JSON schema, bundled with pystac (extension schemas need the network)
+    pystac.validation.validate_dict(item.to_dict(), extensions=[])
+    assert item.id == "scene_a_glaciers"
+    assert item.datetime.date().isoformat() == "2021-08-14"
+    assert set(item.assets) == {"glacier_class", "confidence", "glaciers", "summary"}
+    for asset in item.assets.values():  # relative links that resolve to the published files
+        assert (tmp_path / "out" / asset.href).is_file()
+    assert item.properties["proj:shape"] == [45, 52]
+    assert item.properties["proj:code"] == CRS
+    left, bottom, right, top = item.bbox
+    assert 8.9 < left < right < 9.1 and 46.0 < bottom < top < 46.1  # UTM 32N near 9 E
+    model = item.properties["glacier_mapping:model"]
+    assert model["sha256"] == json.loads((tmp_path / "out" / "summary.json").read_text())[
+        "model"]["sha256"]
+    assert item.properties["glacier_mapping:estimated_iou"] == pytest.approx(
+        summary.estimated_iou)

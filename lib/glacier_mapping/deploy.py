@@ -91,6 +91,7 @@ from glacier_mapping.inventory import (
     write_layer,
 )
 from glacier_mapping.models import load_model
+from glacier_mapping.output_item import output_item
 from glacier_mapping.products import PRODUCTS, reflectance_problem, sample_optical
 from glacier_mapping.scene_inference import (
     CLASS_NODATA,
@@ -103,6 +104,7 @@ from glacier_mapping.stac import StacError, read_stac_item
 from glacier_mapping.store import (
     atomic_copy,
     atomic_path,
+    atomic_write_json,
     file_digest,
     publish_set,
 )
@@ -112,9 +114,10 @@ logger = logging.getLogger(__name__)
 CLASS_FILE = "glacier_class.tif"
 CONFIDENCE_FILE = "confidence.tif"
 POLYGON_FILE = "glaciers.gpkg"
+ITEM_FILE = "item.json"
 SUMMARY_FILE = "summary.json"
 #: Files a deployment publishes; ``summary.json``, written last, marks the set complete.
-OUTPUT_FILES = (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE, SUMMARY_FILE)
+OUTPUT_FILES = (CLASS_FILE, CONFIDENCE_FILE, POLYGON_FILE, ITEM_FILE, SUMMARY_FILE)
 POLYGON_LAYER = "glaciers"
 MODEL_CARD = "model_card.json"
 NORM_STATS_FILE = "norm_stats.json"
@@ -700,7 +703,8 @@ def deploy_scene(
     ``confidence.tif`` (float32 calibrated confidence, nodata NaN, COG), ``glaciers.gpkg``
     (layer ``glaciers``: one polygon per 4-connected glacier component with ``area_km2``,
     ``mean_confidence``, ``estimated_iou``, ``scene`` and ``date``; with ``inventory``, the
-    inventory layer instead, see :class:`InventoryOptions`) and ``summary.json``.
+    inventory layer instead, see :class:`InventoryOptions`), ``item.json`` (a STAC item of
+    these outputs, :mod:`glacier_mapping.output_item`) and ``summary.json``.
     Every input is checked first (a refused run creates nothing); the files are written to a
     staging directory and published together, ``summary.json`` last, replacing a previous
     set; a failure or interruption leaves the previous set (or nothing) in ``out_dir``.
@@ -755,6 +759,10 @@ def deploy_scene(
             paths = {name: out_dir / name for name in OUTPUT_FILES}
             summary = _summary(source, setup, out_dir, paths, totals, raster_format,
                                polygon_count, seconds, record)
+            item = output_item(summary.to_json(), _model_card(setup.model_path), ITEM_FILE)
+            atomic_write_json(staging / ITEM_FILE, item.to_dict(include_self_link=False,
+                                                                transform_hrefs=False))
+            staged[ITEM_FILE] = staging / ITEM_FILE
             _publish(staged, out_dir, SUMMARY_FILE, summary.to_json())
         return summary
 
