@@ -136,6 +136,12 @@ def test_product_scale_and_offset(kit, tmp_path):
                           product="sentinel2-l2a", options=OPTIONS)
     agree = (mapped["glacier_class"].values == reflectance["glacier_class"].values).mean()
     assert agree > 0.999
+    scl = xr.full_like(dem, 4, dtype="uint16")
+    scl[20:30, 40:60] = 9  # cloud, high probability: no data
+    cloudy = map_glaciers(xr.Dataset({"optical": dn, "dem": dem, "SCL": scl}), kit["model"],
+                          product="sentinel2-l2a", options=OPTIONS)
+    assert (cloudy["glacier_class"].values[20:30, 40:60] == 255).all()
+    assert cloudy.attrs["valid_pixels"] == mapped.attrs["valid_pixels"] - 200
     with pytest.raises(DeploymentError, match="reflectance"):  # DN taken for reflectance
         map_glaciers(xr.Dataset({"optical": dn, "dem": dem}), kit["model"],
                      options=replace(OPTIONS, reflectance_check=True))

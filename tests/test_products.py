@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from scipy import ndimage
 from test_deploy import CRS, TRANSFORM, scene_arrays, tiny_model, write_raster
 
 from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
@@ -160,3 +161,49 @@ def test_reflectance_problem_on_samples(kit):
         sample = sample_optical(source)
     assert sample.shape == (HEIGHT * WIDTH - 1, 6)  # the scene is smaller than one window
     assert reflectance_problem(sample, 1e-4, -0.1) is None
+
+
+def test_mask_conventions():
+    scl = PRODUCTS["sentinel2-l2a"].mask
+    values = np.array([0, 1, 2, 3, 4, 8, 9, 10, 11, np.nan])
+    np.testing.assert_array_equal(scl.unusable(values),
+                                  [1, 1, 0, 1, 0, 1, 1, 1, 0, 0])  # 11 snow/ice kept
+    qa = PRODUCTS["landsat-c2-l2"].mask
+    bits = np.array([0, 1, 2, 8, 16, 32, 21824, 22280, 32 | 8])
+    # 21824 clear land, 22280 high-confidence cloud (bits 3, 8, 9, ...), 32 snow only
+    np.testing.assert_array_equal(qa.unusable(bits), [0, 1, 1, 1, 1, 0, 0, 1, 1])
+
+
+def test_quality_band_masks_clouds_and_is_recorded(kit, tmp_path):
+    scl = np.full((HEIGHT, WIDTH), 4, dtype="uint16")  # vegetation
+    scl[10:20, 5:25] = 9  # cloud, high probability
+    scl[30:40, 30:50] = 11  # snow and ice: kept
+    quality = write_dn(tmp_path / "scl.tif", scl)
+    assert deploy(kit, tmp_path / "plain", "--product", "sentinel2-l2a") == 0
+    assert deploy(kit, tmp_path / "masked", "--product", "sentinel2-l2a", "--quality",
+                  str(quality)) == 0
+    maps = {}
+    for run in ("plain", "masked"):
+        with rasterio.open(tmp_path / run / "glacier_class.tif") as classes, \
+                rasterio.open(tmp_path / run / "confidence.tif") as conf:
+            maps[run] = classes.read(1), conf.read(1)
+    (before, before_conf), (after, after_conf) = maps["plain"], maps["masked"]
+    cloud = scl == 9
+    assert (after[cloud] == 255).all() and (before[cloud] != 255).all()
+    # beyond the model's 3 x 3 receptive field around the cloud, nothing changes
+    away = ~ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool))
+    np.testing.assert_array_equal(after_conf[away], before_conf[away])
+    np.testing.assert_array_equal(after[away], before[away])
+    summary = json.loads((tmp_path / "masked" / "summary.json").read_text())
+    assert summary["parameters"]["quality"] == str(quality)
+    assert "cloud" in summary["parameters"]["quality_mask"]
+    assert summary["pixels"]["valid"] == HEIGHT * WIDTH - 1 - cloud.sum()
+
+
+def test_quality_band_needs_the_product(kit, tmp_path, capsys):
+    quality = write_dn(tmp_path / "scl.tif", np.full((HEIGHT, WIDTH), 4))
+    reflectance = write_raster(tmp_path / "reflectance.tif", kit["reflectance"])
+    assert deploy(kit, tmp_path / "out", "--bands", ",".join(OPTICAL_BANDS), "--quality",
+                  str(quality), optical=[reflectance]) == 2
+    assert "--quality needs --product" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ def kit(tmp_path_factory):
 
 
 def write_item(kit, name, raster=True, collection="sentinel-2-l2a", properties=None,
-               skip=(), href=None):
+               skip=(), href=None, extra_assets=None):
     """A STAC 1.0-style item (Earth Search layout) with relative hrefs to the kit's files."""
     item = pystac.Item(name, None, None, datetime.datetime(2023, 8, 1, 10, 30,
                                                            tzinfo=datetime.UTC),
@@ -49,6 +49,8 @@ def write_item(kit, name, raster=True, collection="sentinel-2-l2a", properties=N
     item.add_asset("visual", pystac.Asset("visual.tif", extra_fields={"eo:bands": [
         {"name": b, "common_name": c} for b, c in (("B04", "red"), ("B03", "green"),
                                                    ("B02", "blue"))]}))
+    for key, asset_href in (extra_assets or {}).items():
+        item.add_asset(key, pystac.Asset(asset_href))
     path = kit["root"] / f"{name}.json"
     path.write_text(json.dumps(item.to_dict(include_self_link=False)))
     return path
@@ -100,6 +102,23 @@ def test_bad_items_are_refused(kit, tmp_path, capsys):
     item = write_item(kit, "h")
     assert deploy(kit, tmp_path / "out", "--stac-item", str(item), "--product",
                   "sentinel2-l2a", optical=kit["per_band"][:1]) == 2
-    assert "--stac-item sets the optical files, bands, scale and offset; drop --optical, " \
-           "--product." in capsys.readouterr().err
+    assert "--stac-item sets the optical files, bands, scale, offset and quality band; drop " \
+           "--optical, --product." in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_items_scl_masks_clouds_as_quality_does(kit, tmp_path):
+    scl = np.full((HEIGHT, WIDTH), 4, dtype="uint16")
+    scl[10:20, 5:25] = 8  # cloud, medium probability
+    write_dn(kit["root"] / "SCL.tif", scl)
+    item = write_item(kit, "S2B_with_scl", extra_assets={"scl": "SCL.tif"})
+    assert deploy(kit, tmp_path / "stac", "--stac-item", str(item), optical=()) == 0
+    assert deploy(kit, tmp_path / "files", "--product", "sentinel2-l2a", "--quality",
+                  str(kit["root"] / "SCL.tif"), optical=kit["per_band"]) == 0
+    for mine, theirs in zip(maps(tmp_path / "stac"), maps(tmp_path / "files"), strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+    assert (maps(tmp_path / "stac")[0][10:20, 5:25] == 255).all()
+    summary = json.loads((tmp_path / "stac" / "summary.json").read_text())
+    assert summary["parameters"]["quality"] == str(kit["root"] / "SCL.tif")
+    output = pystac.Item.from_file(str(tmp_path / "stac" / "item.json"))
+    assert [link.href for link in output.links if link.rel == "derived_from"] == [str(item)]

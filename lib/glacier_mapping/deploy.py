@@ -92,7 +92,12 @@ from glacier_mapping.inventory import (
 )
 from glacier_mapping.models import load_model
 from glacier_mapping.output_item import output_item
-from glacier_mapping.products import PRODUCTS, reflectance_problem, sample_optical
+from glacier_mapping.products import (
+    PRODUCTS,
+    MaskConvention,
+    reflectance_problem,
+    sample_optical,
+)
 from glacier_mapping.scene_inference import (
     CLASS_NODATA,
     SceneTotals,
@@ -778,30 +783,44 @@ def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
             raise DeploymentError("Pass the optical files with --optical FILE [FILE ...] or a "
                                   "STAC item with --stac-item JSON.")
         bands, scale, offset, nodata = _optical_conversion(args)
+        quality, quality_mask = _quality(args.quality, args.product)
     else:
         given = [flag for flag, value in (
             ("--optical", args.optical), ("--bands", args.bands), ("--product", args.product),
-            ("--optical-scale", args.optical_scale), ("--optical-offset", args.optical_offset))
-            if value is not None]
+            ("--optical-scale", args.optical_scale), ("--optical-offset", args.optical_offset),
+            ("--quality", args.quality)) if value is not None]
         if given:
-            raise DeploymentError(f"--stac-item sets the optical files, bands, scale and offset; "
+            raise DeploymentError(f"--stac-item sets the optical files, bands, scale, offset and "
+                                  f"quality band; "
                                   f"drop {', '.join(given)}.")
         item = read_stac_item(args.stac_item)
         optical, bands, scale, offset, nodata = (list(item.files), OPTICAL_BANDS, item.scale,
                                                  item.offset, item.nodata)
         name, date = name or item.name, date or item.date
+        quality, quality_mask = _quality(item.quality, item.mask_product)
         options = replace(options, product=item.product, stac_item=str(args.stac_item))
     with SceneSource(
         optical, bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
         cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
         optical_scale=scale, name=name, date=date, optical_offset=offset,
-        optical_nodata=nodata,
+        optical_nodata=nodata, quality=quality, quality_mask=quality_mask,
     ) as source:
         return deploy_scene(
             source, args.model, args.out, options, calibrator_path=args.calibrator,
             region_vector_path=args.region_vector, norm_stats=args.norm_stats,
             inventory=inventory, progress=not args.no_progress,
         )
+
+
+def _quality(path: Path | None, product: str | None) -> tuple[Path | None, MaskConvention | None]:
+    """The quality band and the mask convention of ``--quality`` (with ``--product``)."""
+    if path is None:
+        return None, None
+    if product is None:
+        raise DeploymentError("--quality needs --product: the product's convention says which "
+                              "classes or bits of the quality band are clouds, shadows or no "
+                              "data.")
+    return path, PRODUCTS[product].mask
 
 
 def _optical_conversion(
@@ -1102,7 +1121,10 @@ def _summary(source: SceneSource, setup: DeploymentSetup, out_dir: Path,
                     "optical_offset": source.optical_offset,
                     "optical_nodata": source.optical_nodata,
                     "reflectance_check": options.reflectance_check,
-                    "stac_item": options.stac_item},
+                    "stac_item": options.stac_item,
+                    "quality": None if source.quality is None else str(source.quality.path),
+                    "quality_mask": (None if source.quality_mask is None
+                                     else source.quality_mask.note)},
         pixels={"total": height * width, "valid": totals.valid,
                 "glacier": totals.glacier, "windows": totals.windows},
         glacier_area_km2=float(totals.area_km2), polygon_count=polygon_count,
@@ -1378,6 +1400,10 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optical-offset", type=float,
                         help="added after the scale: reflectance = value * scale + offset "
                              "(default 0; e.g. -0.1 for Sentinel-2 L2A since January 2022)")
+    parser.add_argument("--quality", type=Path, metavar="FILE",
+                        help="the product's quality band (Sentinel-2 SCL, Landsat QA_PIXEL; "
+                             "needs --product): its cloud, shadow and no-data pixels become no "
+                             "data (snow and ice are kept)")
     parser.add_argument("--skip-reflectance-check", action="store_true",
                         help="map even if the sampled optical values do not look like "
                              "reflectance (by default such a scene is refused)")

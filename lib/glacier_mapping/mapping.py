@@ -65,7 +65,9 @@ def map_glaciers(
         calibrator: calibrator JSON; without it the confidence is uncalibrated and no IoU is
             estimated.
         product: a :data:`glacier_mapping.products.PRODUCTS` name giving the optical scale,
-            offset and nodata (instead of ``optical_scale``/``optical_offset``).
+            offset and nodata (instead of ``optical_scale``/``optical_offset``), and the mask
+            convention of its quality band (a variable ``scl`` or ``qa_pixel``, any case): its
+            clouds, shadows and no data become no data.
         optical_scale: reflectance = value * scale + offset (default 1: reflectance given).
         optical_offset: see ``optical_scale`` (default 0).
         bands: our optical band name -> the dataset's variable, for other names.
@@ -96,7 +98,8 @@ def map_glaciers(
     if product is not None:
         options = replace(options, product=product)
     source = DatasetSource(dataset, bands, optical_scale=scale, optical_offset=offset,
-                           optical_nodata=nodata, name=name, date=date)
+                           optical_nodata=nodata, name=name, date=date,
+                           quality_mask=None if product is None else PRODUCTS[product].mask)
     # GDAL's block cache (files behind a dask-backed Dataset) is capped as in deploy
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         setup = prepare_deployment(source, _model_path(model), options, calibrator,

@@ -35,6 +35,16 @@ class MaskConvention:
     values: tuple[int, ...]
     note: str
 
+    def unusable(self, values: np.ndarray) -> np.ndarray:
+        """Where quality-band ``values`` mark a pixel unusable (NaN, no quality: usable)."""
+        known = np.isfinite(values)
+        codes = np.where(known, values, 0).astype(np.int64)
+        if self.kind == "classes":
+            hit = np.isin(codes, self.values)
+        else:
+            hit = (codes & sum(1 << bit for bit in self.values)) != 0
+        return known & hit
+
 
 @dataclass(frozen=True)
 class Product:

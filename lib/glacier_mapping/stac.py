@@ -6,7 +6,9 @@ the item has no nir), swir16 and swir22 from its ``eo:bands`` (STAC 1.0) or ``ba
 ``eo:common_name`` (STAC 1.1), and the scale, offset and nodata from its ``raster:bands`` (or
 ``raster:scale``/``raster:offset``) when every chosen asset gives them, else from the product
 registry (:data:`glacier_mapping.products.PRODUCTS`) found from the item's collection, or its
-``constellation``/``platform`` and processing level. The assets must be local files for now.
+``constellation``/``platform`` and processing level. The product's quality band (Sentinel-2
+``scl``, Landsat ``qa_pixel``), when the item has it, masks clouds, shadows and no data. The
+assets must be local files for now.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class StacOptical:
             raster bands give others, or a Sentinel-2 item predates the offset).
         name: the item's id.
         date: the item's acquisition date (``YYYY-MM-DD``) or None.
+        quality: the item's quality band (the asset named after the product's mask band,
+            e.g. ``scl`` or ``qa_pixel``), None when it has none or no product is known.
+        mask_product: the product whose mask convention applies to ``quality``.
     """
 
     files: tuple[Path, ...]
@@ -54,6 +59,8 @@ class StacOptical:
     product: str | None
     name: str
     date: str | None
+    quality: Path | None = None
+    mask_product: str | None = None
 
 
 def _bands(asset: pystac.Asset) -> list[Mapping[str, Any]]:
@@ -164,8 +171,13 @@ def read_stac_item(location: str | Path) -> StacOptical:
     nodata = next((float(r["nodata"]) for r in rasters if "nodata" in r),
                   None if product is None else product.nodata)
     date = item.datetime or item.common_metadata.start_datetime
+    quality = None if product is None else next(
+        ((key, asset) for key, asset in item.assets.items()
+         if key.lower() == product.mask.band.lower()), None)
     return StacOptical(
         files=tuple(_local_file(asset, key, where) for key, asset in chosen),
         scale=scale, offset=offset, nodata=nodata, product=used, name=item.id,
         date=None if date is None else date.astimezone(datetime.UTC).date().isoformat(),
+        quality=None if quality is None else _local_file(quality[1], quality[0], where),
+        mask_product=None if quality is None else product.name,
     )

@@ -15,7 +15,8 @@ The variables are found by name:
   maps other names;
 - ``dem`` (or ``elevation``), metres, and optionally ``slope``, degrees (else derived);
 - ``co_pol``, ``cross_pol``, ``coherence`` (two bands each: ascending, descending) and
-  ``thermal`` (K), as for ``glacier-mapping deploy``.
+  ``thermal`` (K), as for ``glacier-mapping deploy``;
+- with a product's mask convention, its quality band (``scl``, ``qa_pixel``; any case).
 
 The variables of a Dataset share its ``y``/``x`` coordinates, which must be evenly spaced; a
 DEM on another grid is aligned by the caller (``dem.rio.reproject_match(optical)``) before it
@@ -37,6 +38,7 @@ from glacier_mapping.data.scenes import (
     _ROLE_SENSOR,
     OPTICAL_BANDS,
     Grid,
+    QualityMask,
     SceneError,
     SceneSource,
     _Channel,
@@ -133,6 +135,9 @@ class DatasetSource(SceneSource):
         name: scene name; default the dataset's ``name`` attribute, else ``"dataset"``.
         date: acquisition date ``YYYY-MM-DD``; default the dataset's single ``time`` or its
             ``date`` attribute.
+        quality_mask: a product's mask convention, applied to its quality variable (named
+            after the convention's band in any case: ``scl``, ``SCL``, ``qa_pixel``) when the
+            dataset has one.
 
     Raises:
         SceneError: for a missing optical band, a variable with other dims, band counts or
@@ -148,6 +153,7 @@ class DatasetSource(SceneSource):
         optical_nodata: float | None = None,
         name: str | None = None,
         date: str | None = None,
+        quality_mask: QualityMask | None = None,
     ) -> None:
         if not isinstance(dataset, xr.Dataset):
             raise SceneError(f"map_glaciers takes an xarray.Dataset, got "
@@ -182,6 +188,12 @@ class DatasetSource(SceneSource):
         if dem is not None:
             self.channels["dem"] = [self._channel(dataset, dem, 1), self._channel(
                 dataset, "slope", 1) if "slope" in dataset.data_vars else None]
+        if quality_mask is not None:
+            quality = next((name for name in map(str, dataset.data_vars)
+                            if name.lower() == quality_mask.band.lower()), None)
+            if quality is not None:
+                self.quality = self._channel(dataset, quality, 1)
+                self.quality_mask = quality_mask
         for role, sensor in _ROLE_SENSOR.items():
             if role in dataset.data_vars:
                 count = SENSOR_CHANNELS[sensor]

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import rasterio
@@ -88,6 +89,16 @@ class Grid:
         factor = self.crs.linear_units_factor[1]
         ones = np.ones(len(rows))
         return ones * width * factor, ones * height * factor
+
+
+class QualityMask(Protocol):
+    """Which values of a quality band make a pixel unusable (see ``products.MaskConvention``)."""
+
+    band: str
+    note: str
+
+    def unusable(self, values: np.ndarray) -> np.ndarray:
+        """Boolean mask of the unusable pixels of quality-band ``values`` (NaN: no data)."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,10 @@ class SceneSource:
         optical_offset: added after the scale: reflectance = value * scale + offset.
         optical_nodata: optical file value marking missing data besides the files' own
             nodata (e.g. 0 for Sentinel-2 and Landsat products); compared before scaling.
+        quality: a product's quality band (Sentinel-2 SCL, Landsat QA_PIXEL), read on the
+            optical grid with nearest-neighbour resampling.
+        quality_mask: which of its values or bits make an optical pixel unusable (clouds,
+            shadows, no data): those pixels become no data. Needed with ``quality``.
 
     Raises:
         SceneError: for a missing, unreadable or non-georeferenced file, a wrong band count,
@@ -284,6 +299,8 @@ class SceneSource:
         date: str | None = None,
         optical_offset: float = 0.0,
         optical_nodata: float | None = None,
+        quality: str | os.PathLike[str] | None = None,
+        quality_mask: QualityMask | None = None,
     ) -> None:
         paths = [Path(optical)] if isinstance(optical, str | os.PathLike) else [
             Path(p) for p in optical]
@@ -322,6 +339,14 @@ class SceneSource:
                 self._attach(Path(path), dataset)
                 self.channels[sensor] = [_Channel(Path(path), band)
                                          for band in range(1, dataset.count + 1)]
+        if (quality is None) != (quality_mask is None):
+            raise SceneError("A quality band (--quality) needs the product's mask convention "
+                             "(--product) and the other way round; give both or neither.")
+        if quality is not None:
+            path = Path(quality)
+            self._attach(path, self._check_file(path, "quality"), Resampling.nearest)
+            self.quality = _Channel(path, 1)
+            self.quality_mask = quality_mask
 
     def _init_state(self, optical_scale: float, optical_offset: float,
                     optical_nodata: float | None, date: str | None) -> None:
@@ -344,6 +369,9 @@ class SceneSource:
         self._sources: list[rasterio.io.DatasetReader] = []
         self.alignment: dict[str, str] = {}
         self.channels: dict[str, list[_Channel | None]] = {}
+        #: The quality band and the mask convention applied to the optical input.
+        self.quality: _Channel | None = None
+        self.quality_mask: QualityMask | None = None
 
     @property
     def sensors(self) -> tuple[str, ...]:
@@ -392,7 +420,8 @@ class SceneSource:
         self._attach(path, self._check_file(path, role))
         return _Channel(path, 1)
 
-    def _attach(self, path: Path, dataset: rasterio.io.DatasetReader) -> None:
+    def _attach(self, path: Path, dataset: rasterio.io.DatasetReader,
+                resampling: Resampling = Resampling.bilinear) -> None:
         """Register a reader on the optical grid for ``path`` (direct or warped)."""
         if path in self._readers:
             return
@@ -404,12 +433,13 @@ class SceneSource:
             return
         self._readers[path] = WarpedVRT(
             dataset, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
-            height=self.grid.height, resampling=Resampling.bilinear, nodata=np.nan,
+            height=self.grid.height, resampling=resampling, nodata=np.nan,
             dtype="float32",
         )
         how = (f"reprojected from {dataset.crs.to_string()} {abs(dataset.transform.a):g} x "
                f"{abs(dataset.transform.e):g} ({dataset.width} x {dataset.height} px) to "
-               f"{self.grid.describe()} ({self.grid.width} x {self.grid.height} px), bilinear")
+               f"{self.grid.describe()} ({self.grid.width} x {self.grid.height} px), "
+               f"{resampling.name}")
         self.alignment[str(path)] = how
         logger.info("%s: %s (WarpedVRT).", path.name, how)
 
@@ -454,6 +484,9 @@ class SceneSource:
             else:
                 array = self._read(channels, window)
             physical[sensor] = np.moveaxis(self.to_physical(sensor, array), 0, -1)
+            if sensor == "optical" and self.quality is not None:
+                unusable = self.quality_mask.unusable(self._read([self.quality], window)[0])
+                physical[sensor][unusable] = np.nan
         return physical
 
     def read_window(
