@@ -308,3 +308,17 @@ def test_input_errors_run_once_and_transient_ones_are_retried(tmp_path, monkeypa
     assert "/nfs/a.tif" in records["flaky"]["error"]
     assert "failed 3 attempt(s)" in records["flaky"]["error"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_product_and_quality_columns(tmp_path):
+    rows = [{**GOOD_ROW, "bands": "", "product": "sentinel2-l2a", "quality": "scl.tif",
+             "optical_offset": ""},
+            {**GOOD_ROW, "scene_id": "b", "product": "", "quality": "",
+             "optical_offset": "-0.1"}]
+    jobs = read_manifest(write_manifest(tmp_path / "m.csv", rows))
+    assert [job.error for job in jobs] == [None, None]
+    first, second = jobs[0].options, jobs[1].options
+    assert first.product == "sentinel2-l2a" and first.bands is None
+    assert first.quality == tmp_path / "scl.tif"  # relative to the manifest
+    assert second.product is None and second.optical_offset == -0.1
+    assert second.bands == BANDS

@@ -1,7 +1,13 @@
 """deploy --stac-item: assets by common name, scale from raster:bands or the product registry."""
 
+import argparse
 import datetime
+import functools
+import http.server
 import json
+import re
+import threading
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -9,6 +15,7 @@ import pytest
 from test_deploy import scene_arrays, tiny_model, write_raster
 from test_products import HEIGHT, WIDTH, deploy, maps, write_dn
 
+from glacier_mapping.deploy import add_deploy_arguments, deploy_from_args
 from glacier_mapping.stac import StacError, read_stac_item
 
 BANDS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B8A": "nir08",
@@ -92,8 +99,6 @@ def test_old_baseline_item_with_new_data_is_refused_by_the_check(kit, tmp_path, 
 def test_bad_items_are_refused(kit, tmp_path, capsys):
     with pytest.raises(StacError, match=r"no single-band asset with common name swir22 "):
         read_stac_item(write_item(kit, "e", skip=("swir22",)))
-    with pytest.raises(StacError, match=r"asset 'blue' is remote \(https://example.com/B\.tif\)"):
-        read_stac_item(write_item(kit, "f", href="https://example.com/B.tif"))
     with pytest.raises(StacError, match=r"match no product"):
         read_stac_item(write_item(kit, "g", raster=False, collection="other",
                                   properties={"constellation": "other"}))
@@ -122,3 +127,87 @@ def test_the_items_scl_masks_clouds_as_quality_does(kit, tmp_path):
     assert summary["parameters"]["quality"] == str(kit["root"] / "SCL.tif")
     output = pystac.Item.from_file(str(tmp_path / "stac" / "item.json"))
     assert [link.href for link in output.links if link.rel == "derived_from"] == [str(item)]
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP range requests, as object stores do for COGs."""
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return None
+        size = path.stat().st_size
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = (0, size - 1) if match is None else (
+            int(match[1]), min(int(match[2] or size - 1), size - 1))
+        self.send_response(200 if match is None else 206)
+        if match is not None:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        handle = path.open("rb")
+        handle.seek(start)
+        self.length = end - start + 1
+        return handle
+
+    def copyfile(self, source, outputfile):
+        outputfile.write(source.read(self.length))
+
+    def log_message(self, *args):
+        type(self).requests.append((self.command, self.headers.get("Range")))
+
+
+@pytest.fixture
+def served(kit):
+    """The kit's folder over HTTP on the loopback interface, for the test's duration only."""
+    handler = type("Handler", (_RangeHandler,), {"requests": []})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(kit["root"])))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler.requests
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_remote_assets_are_read_by_range_requests(kit, tmp_path, served):
+    url, requests = served
+    item = write_item(kit, "S2A_remote")
+    remote = json.loads(item.read_text())
+    for asset in remote["assets"].values():
+        asset["href"] = f"{url}/{asset['href']}"
+    item.write_text(json.dumps(remote))
+    assert deploy(kit, tmp_path / "remote", "--stac-item", str(item), optical=()) == 0
+    assert deploy(kit, tmp_path / "local", "--product", "sentinel2-l2a",
+                  optical=kit["per_band"]) == 0
+    for mine, theirs in zip(maps(tmp_path / "remote"), maps(tmp_path / "local"), strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+    summary = json.loads((tmp_path / "remote" / "summary.json").read_text())
+    assert summary["inputs"]["optical"][0] == f"{url}/B02.tif"
+    gets = [header for command, header in requests if command == "GET"]
+    assert gets and all(header.startswith("bytes=") for header in gets)  # no whole downloads
+
+
+def test_dem_item_equals_dem_file(kit, tmp_path, capsys):
+    dem_item = pystac.Item("Copernicus_DSM_COG_10_N46_00_E009_00", None, None,
+                           datetime.datetime(2021, 4, 22, tzinfo=datetime.UTC), {})
+    dem_item.add_asset("data", pystac.Asset("dem.tif", roles=["data"]))
+    path = kit["root"] / "dem_item.json"
+    path.write_text(json.dumps(dem_item.to_dict(include_self_link=False)))
+    item = write_item(kit, "S2A_dem_item")
+    parser = argparse.ArgumentParser()
+    add_deploy_arguments(parser)
+    args = parser.parse_args(["--stac-item", str(item), "--dem-item", str(path), "--model",
+                              str(kit["model"]), "--out", str(tmp_path / "item"),
+                              "--no-progress", "--precision", "float32"])
+    assert deploy_from_args(args) == 0
+    assert deploy(kit, tmp_path / "file", "--stac-item", str(item), optical=()) == 0
+    for mine, theirs in zip(maps(tmp_path / "item"), maps(tmp_path / "file"), strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+    dem_item.assets.clear()
+    path.write_text(json.dumps(dem_item.to_dict(include_self_link=False)))
+    args.out = tmp_path / "bad"
+    assert deploy_from_args(args) == 2
+    assert "no elevation asset" in capsys.readouterr().err

@@ -66,7 +66,14 @@ from glacier_mapping.area_uncertainty import (
     glacier_probability,
 )
 from glacier_mapping.calibration import Calibrator, load_calibrator
-from glacier_mapping.data.scenes import OPTICAL_BANDS, Grid, SceneError, SceneSource, check_stats
+from glacier_mapping.data.scenes import (
+    OPTICAL_BANDS,
+    Grid,
+    SceneError,
+    SceneSource,
+    check_stats,
+    raster_location,
+)
 from glacier_mapping.data.schema import (
     COORDINATE_VECTOR_SIZE,
     LOCATION_INPUT,
@@ -105,7 +112,7 @@ from glacier_mapping.scene_inference import (
     WindowReader,
     mapped_rows,
 )
-from glacier_mapping.stac import StacError, read_stac_item
+from glacier_mapping.stac import StacError, read_dem_item, read_stac_item
 from glacier_mapping.store import (
     atomic_copy,
     atomic_path,
@@ -799,8 +806,13 @@ def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
         name, date = name or item.name, date or item.date
         quality, quality_mask = _quality(item.quality, item.mask_product)
         options = replace(options, product=item.product, stac_item=str(args.stac_item))
+    dem = args.dem
+    if args.dem_item is not None:
+        if dem is not None:
+            raise DeploymentError("--dem-item gives the elevation; drop --dem or --dem-item.")
+        dem = read_dem_item(args.dem_item)
     with SceneSource(
-        optical, bands, dem=args.dem, slope=args.slope, co_pol=args.co_pol,
+        optical, bands, dem=dem, slope=args.slope, co_pol=args.co_pol,
         cross_pol=args.cross_pol, coherence=args.coherence, thermal=args.thermal,
         optical_scale=scale, name=name, date=date, optical_offset=offset,
         optical_nodata=nodata, quality=quality, quality_mask=quality_mask,
@@ -812,7 +824,8 @@ def run_deploy(args: argparse.Namespace) -> DeploymentSummary:
         )
 
 
-def _quality(path: Path | None, product: str | None) -> tuple[Path | None, MaskConvention | None]:
+def _quality(path: Path | str | None,
+             product: str | None) -> tuple[Path | str | None, MaskConvention | None]:
     """The quality band and the mask convention of ``--quality`` (with ``--product``)."""
     if path is None:
         return None, None
@@ -1379,8 +1392,9 @@ def _write_inventory(source: SceneSource, plan: _InventoryPlan, staged: dict[str
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``glacier-mapping deploy`` options to ``parser``."""
-    parser.add_argument("--optical", nargs="+", type=Path, metavar="FILE",
-                        help="optical GeoTIFF/COG file(s); the first defines the output grid")
+    parser.add_argument("--optical", nargs="+", type=raster_location, metavar="FILE",
+                        help="optical GeoTIFF/COG file(s) or URL(s) (https://, s3://, gs://: read "
+                             "window by window); the first defines the output grid")
     parser.add_argument("--stac-item", metavar="JSON",
                         help="instead of --optical: a STAC item (path or URL) whose assets are "
                              "local files; bands by eo:bands common name, scale and offset from "
@@ -1400,23 +1414,27 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optical-offset", type=float,
                         help="added after the scale: reflectance = value * scale + offset "
                              "(default 0; e.g. -0.1 for Sentinel-2 L2A since January 2022)")
-    parser.add_argument("--quality", type=Path, metavar="FILE",
+    parser.add_argument("--quality", type=raster_location, metavar="FILE",
                         help="the product's quality band (Sentinel-2 SCL, Landsat QA_PIXEL; "
                              "needs --product): its cloud, shadow and no-data pixels become no "
                              "data (snow and ice are kept)")
     parser.add_argument("--skip-reflectance-check", action="store_true",
                         help="map even if the sampled optical values do not look like "
                              "reflectance (by default such a scene is refused)")
-    parser.add_argument("--dem", type=Path, metavar="FILE", help="elevation (m)")
-    parser.add_argument("--slope", type=Path, metavar="FILE",
+    parser.add_argument("--dem", type=raster_location, metavar="FILE", help="elevation (m)")
+    parser.add_argument("--dem-item", metavar="JSON",
+                        help="instead of --dem: a STAC item (path or URL) of the elevation, "
+                             "e.g. a Copernicus DEM tile (asset dem, elevation or data)")
+    parser.add_argument("--slope", type=raster_location, metavar="FILE",
                         help="slope (deg); derived from the DEM when omitted")
-    parser.add_argument("--co-pol", type=Path, metavar="FILE",
+    parser.add_argument("--co-pol", type=raster_location, metavar="FILE",
                         help="co-pol linear sigma0, 2 bands (ascending, descending)")
-    parser.add_argument("--cross-pol", type=Path, metavar="FILE",
+    parser.add_argument("--cross-pol", type=raster_location, metavar="FILE",
                         help="cross-pol linear sigma0, 2 bands (ascending, descending)")
-    parser.add_argument("--coherence", type=Path, metavar="FILE",
+    parser.add_argument("--coherence", type=raster_location, metavar="FILE",
                         help="InSAR coherence, 2 bands (ascending, descending)")
-    parser.add_argument("--thermal", type=Path, metavar="FILE", help="brightness temperature (K)")
+    parser.add_argument("--thermal", type=raster_location, metavar="FILE",
+                        help="brightness temperature (K)")
     parser.add_argument("--model", required=True, type=Path, metavar="PATH",
                         help="trained .keras model")
     parser.add_argument("--calibrator", type=Path, metavar="JSON", help="calibrator JSON")

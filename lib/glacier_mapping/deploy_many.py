@@ -49,13 +49,14 @@ CSV_COLUMNS = ("scene_id", "line", "status", "seconds", "out_dir", "glacier_clas
                "glaciers", "summary", "glacier_area_km2", "estimated_iou", "error")
 REQUIRED_COLUMNS = ("scene_id", "optical", "bands", "model")
 #: Manifest columns holding one ``deploy`` option value each (flag = ``--`` + dashes).
-VALUE_COLUMNS = ("optical_scale", "dem", "slope", "co_pol", "cross_pol", "coherence", "thermal",
-                 "calibrator", "region_vector", "norm_stats", "mc_passes", "patch_size",
-                 "stride", "batch_size", "precision", "blend", "date")
+VALUE_COLUMNS = ("product", "optical_scale", "optical_offset", "quality", "dem", "slope",
+                 "co_pol", "cross_pol", "coherence", "thermal", "calibrator", "region_vector",
+                 "norm_stats", "mc_passes", "patch_size", "stride", "batch_size", "precision",
+                 "blend", "date")
 BOOLEAN_COLUMNS = ("tta", "coordinates")
 MANIFEST_COLUMNS = (*REQUIRED_COLUMNS, "name", *VALUE_COLUMNS, *BOOLEAN_COLUMNS, "out")
-PATH_OPTIONS = ("dem", "slope", "co_pol", "cross_pol", "coherence", "thermal", "model",
-                "calibrator", "region_vector", "norm_stats", "out")
+PATH_OPTIONS = ("quality", "dem", "slope", "co_pol", "cross_pol", "coherence", "thermal",
+                "model", "calibrator", "region_vector", "norm_stats", "out")
 #: Separator of several optical files in the ``optical`` column.
 FILE_SEPARATOR = ";"
 #: Time to reach a remote scheduler.
@@ -147,8 +148,10 @@ def _row_argv(row: dict[str, str], out: str, where: str) -> list[str]:
     """The ``deploy`` command-line arguments of one manifest row."""
     files = [part.strip() for part in row["optical"].split(FILE_SEPARATOR) if part.strip()]
     bands = ",".join(part.strip() for part in re.split(r"[;,]", row["bands"]))
-    argv = ["--optical", *files, f"--bands={bands}", f"--model={row['model']}",
-            f"--out={out}", f"--name={row.get('name') or row['scene_id']}", "--no-progress"]
+    argv = ["--optical", *files, f"--model={row['model']}", f"--out={out}",
+            f"--name={row.get('name') or row['scene_id']}", "--no-progress"]
+    if bands:  # may be empty with a product: its band order
+        argv.append(f"--bands={bands}")
     argv += [f"--{column.replace('_', '-')}={row[column]}" for column in VALUE_COLUMNS
              if row.get(column)]
     if row.get("tta") and _boolean(row["tta"], f"{where}, column 'tta'"):
@@ -161,7 +164,9 @@ def _row_argv(row: dict[str, str], out: str, where: str) -> list[str]:
 
 def _resolve_paths(options: argparse.Namespace, folder: Path) -> argparse.Namespace:
     """Make relative paths of the options relative to ``folder`` (the manifest's)."""
-    def resolve(path: Path) -> Path:
+    def resolve(path: Path | str) -> Path | str:
+        if isinstance(path, str):  # a URL
+            return path
         path = path.expanduser()
         return path if path.is_absolute() else folder / path
 
@@ -175,9 +180,11 @@ def _resolve_paths(options: argparse.Namespace, folder: Path) -> argparse.Namesp
 def _parse_row(row: dict[str, str], parser: _RowParser, out_dir: Path, folder: Path,
                where: str) -> argparse.Namespace:
     """Validate one row and turn it into ``deploy`` options."""
-    empty = [name for name in REQUIRED_COLUMNS if not row.get(name)]
+    empty = [name for name in REQUIRED_COLUMNS if not row.get(name)
+             and not (name == "bands" and row.get("product"))]
     if empty:
-        raise ManifestError(f"{where}: required column(s) {empty} are empty.")
+        hint = " (bands may be empty with a product)" if "bands" in empty else ""
+        raise ManifestError(f"{where}: required column(s) {empty} are empty{hint}.")
     if not _SCENE_ID.match(row["scene_id"]):
         raise ManifestError(f"{where}, column 'scene_id': {row['scene_id']!r} must be letters, "
                             "digits, '.', '_' or '-' (it names the default output folder).")
@@ -224,7 +231,8 @@ def read_manifest(manifest: str | Path, out_dir: str | Path | None = None) -> li
 
     Args:
         manifest: CSV with a header of :data:`MANIFEST_COLUMNS` (``scene_id``, ``optical``,
-            ``bands`` and ``model`` required). ``optical`` may list several files separated by
+            ``bands`` and ``model`` required; ``bands`` may be empty in a row with a
+            ``product``). ``optical`` may list several files separated by
             ``;``; ``bands`` is comma- or ``;``-separated; ``tta`` and ``coordinates`` are
             true/false; ``out`` defaults to ``out_dir/scene_id``; ``name`` to ``scene_id``.
         out_dir: folder of the default per-scene outputs; default the manifest's folder.

@@ -7,8 +7,9 @@ the item has no nir), swir16 and swir22 from its ``eo:bands`` (STAC 1.0) or ``ba
 ``raster:scale``/``raster:offset``) when every chosen asset gives them, else from the product
 registry (:data:`glacier_mapping.products.PRODUCTS`) found from the item's collection, or its
 ``constellation``/``platform`` and processing level. The product's quality band (Sentinel-2
-``scl``, Landsat ``qa_pixel``), when the item has it, masks clouds, shadows and no data. The
-assets must be local files for now.
+``scl``, Landsat ``qa_pixel``), when the item has it, masks clouds, shadows and no data. Assets
+may be local files or URLs (``https://``, ``s3://``, ``gs://``), which GDAL reads window by
+window with range requests.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import pystac
 
+from glacier_mapping.data.scenes import raster_location
 from glacier_mapping.products import PRODUCTS, Product
 
 #: Common names of the optical channels, in OPTICAL_BANDS order; alternatives in turn.
@@ -39,7 +41,7 @@ class StacOptical:
     """The optical files and their conversion to reflectance, read from a STAC item.
 
     Attributes:
-        files: one local file per channel, in OPTICAL_BANDS order.
+        files: one file (a local Path or a URL) per channel, in OPTICAL_BANDS order.
         scale: reflectance = value * scale + offset.
         offset: see ``scale``.
         nodata: value of missing data (None when neither the item nor a product gives one).
@@ -52,14 +54,14 @@ class StacOptical:
         mask_product: the product whose mask convention applies to ``quality``.
     """
 
-    files: tuple[Path, ...]
+    files: tuple[Path | str, ...]
     scale: float
     offset: float
     nodata: float | None
     product: str | None
     name: str
     date: str | None
-    quality: Path | None = None
+    quality: Path | str | None = None
     mask_product: str | None = None
 
 
@@ -114,13 +116,9 @@ def _old_sentinel2_baseline(item: pystac.Item) -> bool:
     return (major, minor) < OFFSET_BASELINE
 
 
-def _local_file(asset: pystac.Asset, key: str, where: str) -> Path:
-    href = asset.get_absolute_href() or asset.href
-    if "://" in href:
-        raise StacError(f"{where}: asset {key!r} is remote ({href}); download the assets and "
-                        "point the item's hrefs at the local files (remote reading is not "
-                        "supported yet).")
-    return Path(href)
+def _asset_location(asset: pystac.Asset) -> Path | str:
+    """The asset's file: a local Path, or its URL (read window by window by GDAL)."""
+    return raster_location(asset.get_absolute_href() or asset.href)
 
 
 def read_stac_item(location: str | Path) -> StacOptical:
@@ -175,9 +173,40 @@ def read_stac_item(location: str | Path) -> StacOptical:
         ((key, asset) for key, asset in item.assets.items()
          if key.lower() == product.mask.band.lower()), None)
     return StacOptical(
-        files=tuple(_local_file(asset, key, where) for key, asset in chosen),
+        files=tuple(_asset_location(asset) for _, asset in chosen),
         scale=scale, offset=offset, nodata=nodata, product=used, name=item.id,
         date=None if date is None else date.astimezone(datetime.UTC).date().isoformat(),
-        quality=None if quality is None else _local_file(quality[1], quality[0], where),
+        quality=None if quality is None else _asset_location(quality[1]),
         mask_product=None if quality is None else product.name,
     )
+
+
+#: Asset keys of an elevation item's DEM, in order of preference (Copernicus DEM items on
+#: public catalogues name it ``data``).
+DEM_ASSET_KEYS = ("dem", "elevation", "data")
+
+
+def read_dem_item(location: str | Path) -> Path | str:
+    """The elevation file of a DEM STAC item (``--dem-item``): a local Path or a URL.
+
+    The asset is the first of :data:`DEM_ASSET_KEYS`, else the item's only asset with the
+    ``data`` role.
+
+    Raises:
+        StacError: if the item cannot be read or has no such asset.
+    """
+    where = f"--dem-item {location}"
+    try:
+        item = pystac.Item.from_file(str(location))
+    except (OSError, ValueError, KeyError, pystac.STACError) as error:
+        raise StacError(f"{where} cannot be read as a STAC item ({error}); pass an item JSON "
+                        "file.") from None
+    asset = next((item.assets[key] for key in DEM_ASSET_KEYS if key in item.assets), None)
+    if asset is None:
+        data = [a for a in item.assets.values() if "data" in (a.roles or [])]
+        asset = data[0] if len(data) == 1 else None
+    if asset is None:
+        raise StacError(f"{where}: no elevation asset (keys {list(DEM_ASSET_KEYS)} or one asset "
+                        f"with role 'data'; found {sorted(item.assets)}); pass the file with "
+                        "--dem instead.")
+    return _asset_location(asset)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
+from urllib.parse import urlparse
 
 import numpy as np
 import rasterio
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Optical channels of the model, in order.
 OPTICAL_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir1", "swir2")
+#: Input locations GDAL reads remotely (see :func:`raster_location`).
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "/vsi")
 #: Band-map entry for a file band that is not used.
 SKIP_BAND = "-"
 SAR_EPSILON = 1e-6
@@ -105,12 +108,37 @@ class QualityMask(Protocol):
 class _Channel:
     """One channel of a sensor: a band of a file."""
 
-    path: Path
+    path: Path | str  # a URL for remote files
     band: int  # 1-based
 
 
-def _open(path: Path) -> rasterio.io.DatasetReader:
+def raster_location(value: str | os.PathLike[str]) -> Path | str:
+    """A local file as a Path; a URL or GDAL virtual path (:data:`REMOTE_PREFIXES`) as text.
+
+    Remote files are read by GDAL window by window (HTTP range requests; ``s3://`` and
+    ``gs://`` with the credentials GDAL finds in the environment), never downloaded whole.
+    """
+    text = os.fspath(value)
+    return text if text.startswith(REMOTE_PREFIXES) else Path(text)
+
+
+def _name(location: Path | str) -> str:
+    """The file name of a path or URL."""
+    return Path(urlparse(location).path if isinstance(location, str) else location).name
+
+
+def _open(path: Path | str) -> rasterio.io.DatasetReader:
     """Open a raster with an error that names the file."""
+    if isinstance(path, str):
+        try:
+            # no directory listing of the URL's folder in search of side-car files
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                return rasterio.open(path)
+        except RasterioError as error:
+            raise SceneError(
+                f"{path}: cannot be read as a remote raster ({error}); check the URL, the "
+                "network and, for s3:// or gs://, the credentials GDAL uses."
+            ) from None
     if not path.is_file():
         raise SceneError(f"Input file {path} does not exist; check the path.")
     try:
@@ -129,7 +157,7 @@ def _parse_bands(bands: Sequence[str] | str, counts: Sequence[int], paths: Seque
                                                else bands)]
     total = sum(counts)
     if len(names) != total:
-        detail = " + ".join(f"{count} ({path.name})" for count, path in zip(counts, paths,
+        detail = " + ".join(f"{count} ({_name(path)})" for count, path in zip(counts, paths,
                                                                               strict=True))
         raise SceneError(
             f"The band map (--bands) lists {len(names)} names {names} but the optical files "
@@ -302,8 +330,8 @@ class SceneSource:
         quality: str | os.PathLike[str] | None = None,
         quality_mask: QualityMask | None = None,
     ) -> None:
-        paths = [Path(optical)] if isinstance(optical, str | os.PathLike) else [
-            Path(p) for p in optical]
+        paths = [raster_location(optical)] if isinstance(optical, str | os.PathLike) else [
+            raster_location(p) for p in optical]
         if not paths:
             raise SceneError("No optical file given (--optical); pass at least one GeoTIFF.")
         if slope is not None and dem is None:
@@ -313,7 +341,7 @@ class SceneSource:
         self.grid = Grid(first.crs, first.transform, first.height, first.width)
         #: The first optical file: it defines the grid and the optical scene.
         self.grid_path = paths[0]
-        self.name = name or paths[0].stem
+        self.name = name or Path(_name(paths[0])).stem
         self.date = date or _acquisition_date(first)
         datasets = [first] + [self._check_file(p, "optical") for p in paths[1:]]
         for path, dataset in zip(paths, datasets, strict=True):
@@ -329,21 +357,22 @@ class SceneSource:
                            ("coherence", coherence), ("thermal", thermal)):
             if path is not None:
                 sensor = _ROLE_SENSOR[role]
-                dataset = self._check_file(Path(path), role)
+                path = raster_location(path)
+                dataset = self._check_file(path, role)
                 if dataset.count != SENSOR_CHANNELS[sensor]:
                     raise SceneError(
                         f"{path}: the {role} file has {dataset.count} band(s); the model's "
                         f"{sensor!r} input needs {SENSOR_CHANNELS[sensor]} "
                         f"({'ascending, descending' if SENSOR_CHANNELS[sensor] == 2 else 'K'})."
                     )
-                self._attach(Path(path), dataset)
-                self.channels[sensor] = [_Channel(Path(path), band)
+                self._attach(path, dataset)
+                self.channels[sensor] = [_Channel(path, band)
                                          for band in range(1, dataset.count + 1)]
         if (quality is None) != (quality_mask is None):
             raise SceneError("A quality band (--quality) needs the product's mask convention "
                              "(--product) and the other way round; give both or neither.")
         if quality is not None:
-            path = Path(quality)
+            path = raster_location(quality)
             self._attach(path, self._check_file(path, "quality"), Resampling.nearest)
             self.quality = _Channel(path, 1)
             self.quality_mask = quality_mask
@@ -365,7 +394,7 @@ class SceneSource:
         self.optical_scale = float(optical_scale)
         self.optical_offset = float(optical_offset)
         self.optical_nodata = None if optical_nodata is None else float(optical_nodata)
-        self._readers: dict[Path, rasterio.io.DatasetReader | WarpedVRT] = {}
+        self._readers: dict[Path | str, rasterio.io.DatasetReader | WarpedVRT] = {}
         self._sources: list[rasterio.io.DatasetReader] = []
         self.alignment: dict[str, str] = {}
         self.channels: dict[str, list[_Channel | None]] = {}
@@ -392,14 +421,14 @@ class SceneSource:
                     files.setdefault(sensor, []).append(str(channel.path))
         return files
 
-    def _check_file(self, path: Path, role: str | None) -> rasterio.io.DatasetReader:
+    def _check_file(self, path: Path | str, role: str | None) -> rasterio.io.DatasetReader:
         """Open a file, check CRS and overlap, and keep it open."""
         dataset = _open(path)
         self._sources.append(dataset)
         if dataset.crs is None:
             raise SceneError(
                 f"{path}: the raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32632 "
-                f"{path.name}) before deploying."
+                f"{_name(path)}) before deploying."
             )
         if role is not None:
             left, bottom, right, top = transform_bounds(dataset.crs, self.grid.crs,
@@ -416,11 +445,11 @@ class SceneSource:
 
     def _single(self, path: str | os.PathLike[str], role: str) -> _Channel:
         """Check a one-band input (DEM, slope) and attach it."""
-        path = Path(path)
+        path = raster_location(path)
         self._attach(path, self._check_file(path, role))
         return _Channel(path, 1)
 
-    def _attach(self, path: Path, dataset: rasterio.io.DatasetReader,
+    def _attach(self, path: Path | str, dataset: rasterio.io.DatasetReader,
                 resampling: Resampling = Resampling.bilinear) -> None:
         """Register a reader on the optical grid for ``path`` (direct or warped)."""
         if path in self._readers:
@@ -441,7 +470,7 @@ class SceneSource:
                f"{self.grid.describe()} ({self.grid.width} x {self.grid.height} px), "
                f"{resampling.name}")
         self.alignment[str(path)] = how
-        logger.info("%s: %s (WarpedVRT).", path.name, how)
+        logger.info("%s: %s (WarpedVRT).", _name(path), how)
 
     def _read(self, channels: Sequence[_Channel], window: Window) -> np.ndarray:
         """Read channels as float32 ``(C, h, w)``, NaN where masked."""
