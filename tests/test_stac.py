@@ -15,6 +15,7 @@ import pytest
 from test_deploy import scene_arrays, tiny_model, write_raster
 from test_products import HEIGHT, WIDTH, deploy, maps, write_dn
 
+from glacier_mapping.data.scenes import OPTICAL_BANDS
 from glacier_mapping.deploy import add_deploy_arguments, deploy_from_args
 from glacier_mapping.stac import StacError, read_stac_item
 
@@ -211,3 +212,65 @@ def test_dem_item_equals_dem_file(kit, tmp_path, capsys):
     args.out = tmp_path / "bad"
     assert deploy_from_args(args) == 2
     assert "no elevation asset" in capsys.readouterr().err
+
+
+LANDSAT_BANDS = {"SR_B2": "blue", "SR_B3": "green", "SR_B4": "red", "SR_B5": "nir08",
+                 "SR_B6": "swir16", "SR_B7": "swir22"}
+
+
+def _landsat_item(kit):
+    """A Landsat Collection 2 Level-2 item: DN = (reflectance + 0.2) / 2.75e-5, QA_PIXEL."""
+    reflectance, _ = scene_arrays(HEIGHT, WIDTH)
+    dn = np.round((reflectance + 0.2) / 2.75e-5).astype("uint16")
+    qa = np.full((HEIGHT, WIDTH), 21824, dtype="uint16")  # clear land
+    qa[5:15, 30:45] = 22280  # high-confidence cloud (bit 3 set)
+    item = pystac.Item("LC09_L2SP_140041_20230815", None, None,
+                       datetime.datetime(2023, 8, 15, 4, 40, tzinfo=datetime.UTC),
+                       {"platform": "landsat-9"}, collection="landsat-c2-l2")
+    for index, (band, common) in enumerate(LANDSAT_BANDS.items()):
+        write_dn(kit["root"] / f"{band}.tif", dn[index])
+        item.add_asset(common, pystac.Asset(str(kit["root"] / f"{band}.tif"), extra_fields={
+            "eo:bands": [{"name": band, "common_name": common}],
+            "raster:bands": [{"nodata": 0, "scale": 2.75e-5, "offset": -0.2}]}))
+    write_dn(kit["root"] / "QA_PIXEL.tif", qa)
+    item.add_asset("qa_pixel", pystac.Asset(str(kit["root"] / "QA_PIXEL.tif")))
+    return item, qa
+
+
+def test_static_catalogue_items_equal_explicit_flags(kit, tmp_path):
+    """A self-contained pystac catalogue of a Sentinel-2 L2A and a Landsat C2 L2 item."""
+    landsat, qa = _landsat_item(kit)
+    sentinel = pystac.Item.from_file(str(write_item(kit, "S2A_catalogue")))
+    for key, asset in sentinel.assets.items():  # absolute hrefs before the catalogue moves
+        asset.href = str(kit["root"] / Path(asset.href).name)
+        sentinel.assets[key] = asset
+    catalogue = pystac.Catalog("scenes", "Scenes to map")
+    catalogue.add_items([sentinel, landsat])
+    catalogue.normalize_hrefs(str(tmp_path / "catalogue"))
+    catalogue.save(pystac.CatalogType.SELF_CONTAINED)
+    found = {item.id: item for item in pystac.Catalog.from_file(
+        str(tmp_path / "catalogue" / "catalog.json")).get_items(recursive=True)}
+    assert set(found) == {"S2A_catalogue", landsat.id}
+
+    s2_item = tmp_path / "catalogue" / "S2A_catalogue" / "S2A_catalogue.json"
+    assert deploy(kit, tmp_path / "s2_item", "--stac-item", str(s2_item), optical=()) == 0
+    assert deploy(kit, tmp_path / "s2_flags", "--bands", ",".join(OPTICAL_BANDS),
+                  "--optical-scale", "0.0001", "--optical-offset", "-0.1",
+                  optical=kit["per_band"]) == 0
+    for mine, theirs in zip(maps(tmp_path / "s2_item"), maps(tmp_path / "s2_flags"),
+                            strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+
+    landsat_item = tmp_path / "catalogue" / landsat.id / f"{landsat.id}.json"
+    assert deploy(kit, tmp_path / "l_item", "--stac-item", str(landsat_item), optical=()) == 0
+    assert deploy(kit, tmp_path / "l_flags", "--product", "landsat-c2-l2", "--quality",
+                  str(kit["root"] / "QA_PIXEL.tif"),
+                  optical=[kit["root"] / f"{band}.tif" for band in LANDSAT_BANDS]) == 0
+    for mine, theirs in zip(maps(tmp_path / "l_item"), maps(tmp_path / "l_flags"),
+                            strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+    classes = maps(tmp_path / "l_item")[0]
+    assert (classes[qa == 22280] == 255).all() and (classes[qa == 21824] != 255).any()
+    summary = json.loads((tmp_path / "l_item" / "summary.json").read_text())
+    assert summary["parameters"]["product"] == "landsat-c2-l2"
+    assert summary["scene"] == landsat.id and summary["date"] == "2023-08-15"
