@@ -14,6 +14,7 @@ import rioxarray
 import xarray as xr
 from keras import layers
 from rasterio.transform import from_origin
+from test_deploy import scene_arrays
 
 import glacier_mapping
 from glacier_mapping.calibration import TemperatureCalibrator
@@ -47,16 +48,6 @@ def conv_model(path, patch, dropout=0.0):
     return path
 
 
-def scene(height, width, seed=0):
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:height, 0:width]
-    blobs = (np.sin(rows / 6.0) * np.cos(cols / 7.0) > 0.2).astype("float32")
-    optical = rng.uniform(0.05, 0.15, (6, height, width)).astype("float32")
-    optical[2] += 0.8 * blobs
-    dem = (1000.0 + 3.0 * rows + 2.0 * cols + rng.normal(0, 1, (height, width)))
-    return optical, dem.astype("float32")
-
-
 def write(path, data, nodata=None, scale=1.0):
     data = np.asarray(data, dtype="float32")
     data = data[None] if data.ndim == 2 else data
@@ -70,7 +61,7 @@ def write(path, data, nodata=None, scale=1.0):
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     root = tmp_path_factory.mktemp("mapping")
-    optical, dem = scene(70, 90)
+    optical, dem = scene_arrays(70, 90)
     optical[:, 3, 5] = -1.0  # one nodata pixel
     return {
         "optical": write(root / "optical.tif", optical, nodata=-1.0),
@@ -211,7 +202,7 @@ def _write_tall(path, bands, height, width):
                        blockxsize=256, blockysize=256) as out:
         for top in range(0, height, 512):
             rows = min(512, height - top)
-            optical, dem = scene(rows, width, seed=top)
+            optical, dem = scene_arrays(rows, width, seed=top)
             data = optical if bands == 6 else dem[None]
             out.write(data,
                       window=rasterio.windows.Window(0, top, width, rows))

@@ -121,6 +121,15 @@ def _asset_location(asset: pystac.Asset) -> Path | str:
     return raster_location(asset.get_absolute_href() or asset.href)
 
 
+def _read_item(location: str | Path, where: str) -> pystac.Item:
+    """The item at ``location``; ``where`` (the option and value) leads the error message."""
+    try:
+        return pystac.Item.from_file(str(location))
+    except (OSError, ValueError, KeyError, pystac.STACError) as error:
+        raise StacError(f"{where} cannot be read as a STAC item ({error}); pass an item JSON "
+                        "file.") from None
+
+
 def read_stac_item(location: str | Path) -> StacOptical:
     """The optical files, scale, offset and nodata of a STAC item (a path or URL).
 
@@ -129,11 +138,7 @@ def read_stac_item(location: str | Path) -> StacOptical:
             no product.
     """
     where = f"--stac-item {location}"
-    try:
-        item = pystac.Item.from_file(str(location))
-    except (OSError, ValueError, KeyError, pystac.STACError) as error:
-        raise StacError(f"{where} cannot be read as a STAC item ({error}); pass an item JSON "
-                        "file.") from None
+    item = _read_item(location, where)
     single = {}
     for key, asset in item.assets.items():
         bands = _bands(asset)
@@ -196,11 +201,7 @@ def read_dem_item(location: str | Path) -> Path | str:
         StacError: if the item cannot be read or has no such asset.
     """
     where = f"--dem-item {location}"
-    try:
-        item = pystac.Item.from_file(str(location))
-    except (OSError, ValueError, KeyError, pystac.STACError) as error:
-        raise StacError(f"{where} cannot be read as a STAC item ({error}); pass an item JSON "
-                        "file.") from None
+    item = _read_item(location, where)
     asset = next((item.assets[key] for key in DEM_ASSET_KEYS if key in item.assets), None)
     if asset is None:
         data = [a for a in item.assets.values() if "data" in (a.roles or [])]
