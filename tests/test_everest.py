@@ -16,6 +16,7 @@ from shapely.geometry import box
 from glacier_mapping.calibration import TemperatureCalibrator, find_calibrator
 from glacier_mapping.chapters import scene_deployment as ch08
 from glacier_mapping.config import load_profile
+from glacier_mapping.data.scenes import normalise_features
 from glacier_mapping.data.tiles import NormStats
 from glacier_mapping.evaluation import metrics_from_counts
 from glacier_mapping.experiments import everest as ev
@@ -206,9 +207,11 @@ def test_everest_norm_stats_standardise_the_training_window(tmp_path: Path) -> N
     assert stats.minimum["optical"][0] == pytest.approx(blue.mean(), abs=1e-3)
     # the statistics as the model keeps them (JSON) give the same features
     stats.to_json(tmp_path / "norm_stats.json")
-    np.testing.assert_array_equal(
-        ev.model_features(data, NormStats.from_json(tmp_path / "norm_stats.json"), window),
-        features)
+    kept = NormStats.from_json(tmp_path / "norm_stats.json")
+    np.testing.assert_array_equal(ev.model_features(data, kept, window), features)
+    # and deployment (deploy, map_glaciers) normalises the files' DN the same way, unclipped
+    deployed, _ = normalise_features({"optical": ev.optical_dn(data)[window]}, kept)
+    np.testing.assert_array_equal(deployed["optical"], features)
     with pytest.raises(ValueError, match="constant"):
         ev.everest_norm_stats(data, (slice(0, 40), slice(15, 30)))
 

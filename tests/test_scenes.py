@@ -14,6 +14,7 @@ from glacier_mapping.data.scenes import (
     SceneError,
     SceneSource,
     load_scene,
+    normalise_features,
     slope_from_padded,
 )
 from glacier_mapping.data.tiles import NormStats
@@ -349,3 +350,22 @@ def test_everest_scene_lacks_swir():
     with pytest.raises(SceneError, match=r"lists 6 names .* 3 \(LE71400412000304SGS00_RGB.tif\)"
                                          r" \+ 1 \(LE71400412000304SGS00_B4.tif\) = 4 bands"):
         SceneSource([scene.rgb, scene.nir], [*padded, "swir1", "swir2"])
+
+
+def test_standardised_statistics_are_not_clipped():
+    """Min-max statistics clip scenes to the training range; standardisation (clip=False) not."""
+    physical = {"dem": np.array([[[-50.0, 1.0], [250.0, 3.0]]], dtype=np.float32)}
+    minmax = NormStats({"dem": [0.0, 0.0]}, {"dem": [100.0, 4.0]})
+    standardised = NormStats({"dem": [0.0, 0.0]}, {"dem": [100.0, 4.0]}, clip=False)
+    clipped, _ = normalise_features(physical, minmax)
+    kept, valid = normalise_features(physical, standardised)
+    np.testing.assert_allclose(clipped["dem"], [[[0.0, 0.25], [1.0, 0.75]]])
+    np.testing.assert_allclose(kept["dem"], [[[-0.5, 0.25], [2.5, 0.75]]])
+    assert valid.all()
+
+
+def test_norm_stats_json_keeps_clip(tmp_path):
+    NormStats({"dem": [0.0, 0.0]}, {"dem": [1.0, 1.0]}, clip=False).to_json(tmp_path / "s.json")
+    assert NormStats.from_json(tmp_path / "s.json").clip is False
+    (tmp_path / "old.json").write_text('{"sensors": {"dem": {"min": [0, 0], "max": [1, 1]}}}')
+    assert NormStats.from_json(tmp_path / "old.json").clip is True  # files written before

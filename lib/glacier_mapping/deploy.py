@@ -305,6 +305,7 @@ def _stats_from_card(model_path: Path, card: dict[str, Any]) -> NormStats:
                 {name: [float(v) for v in item["min"]] for name, item in sensors.items()},
                 {name: [float(v) for v in item["max"]] for name, item in sensors.items()},
                 source=f"{model_path.parent / MODEL_CARD}",
+                clip=bool(entry.get("clip", True)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise DeploymentError(

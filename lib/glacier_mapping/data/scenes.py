@@ -210,7 +210,7 @@ def _acquisition_date(dataset: rasterio.io.DatasetReader) -> str | None:
 def normalise_features(
     physical: Mapping[str, np.ndarray], stats: NormStats
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Min-max normalise physical ``(H, W, C)`` arrays, clip to [0, 1] and mask invalid pixels.
+    """Normalise physical ``(H, W, C)`` arrays (clipped to [0, 1] if ``stats.clip``); mask invalid.
 
     Returns:
         Normalised float32 features (0 wherever the pixel is invalid) and the boolean
@@ -222,7 +222,9 @@ def normalise_features(
         valid &= np.isfinite(array).all(axis=-1)
     features = {}
     for sensor, array in physical.items():
-        scaled = np.clip(stats.normalise(sensor, array), 0.0, 1.0)
+        scaled = stats.normalise(sensor, array)
+        if stats.clip:
+            scaled = np.clip(scaled, 0.0, 1.0)
         scaled[~valid] = 0.0
         features[sensor] = scaled
     return features, valid

@@ -57,11 +57,15 @@ class NormStats:
         minimum: sensor -> per-channel minima.
         maximum: sensor -> per-channel maxima.
         source: where the numbers come from (``paper`` or a description of the data).
+        clip: whether scenes' normalised values are clipped to [0, 1] (the range of the
+            training data under min-max statistics); False for a standardisation written as
+            min = mean, max = mean + std, whose values are unbounded in training too.
     """
 
     minimum: dict[str, list[float]]
     maximum: dict[str, list[float]]
     source: str = "data"
+    clip: bool = True
 
     @classmethod
     def paper(cls) -> NormStats:
@@ -114,6 +118,7 @@ class NormStats:
         """Write the statistics as JSON (atomically) and return the path."""
         payload = {
             "source": self.source,
+            "clip": self.clip,
             "sensors": {
                 name: {"min": self.minimum[name], "max": self.maximum[name]}
                 for name in SENSORS
@@ -136,6 +141,7 @@ class NormStats:
                 {name: [float(v) for v in item["min"]] for name, item in sensors.items()},
                 {name: [float(v) for v in item["max"]] for name, item in sensors.items()},
                 source=str(payload.get("source", "data")),
+                clip=bool(payload.get("clip", True)),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(

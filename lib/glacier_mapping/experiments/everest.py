@@ -302,7 +302,9 @@ def everest_norm_stats(data: EverestData, window: Window) -> NormStats:
 
     Written as min-max statistics (``min`` = mean, ``max`` = mean + std), so
     :meth:`NormStats.normalise` gives ``(DN - mean) / std`` and the model card's statistics
-    apply to the files' DN as they are. The zero-filled SWIR1 and SWIR2 keep min 0, max 1.
+    apply to the files' DN as they are; ``clip=False`` keeps ``deploy`` and
+    :func:`glacier_mapping.map_glaciers` from clipping these unbounded values to [0, 1] (as
+    training never did). The zero-filled SWIR1 and SWIR2 keep min 0, max 1.
 
     Raises:
         ValueError: if a band is constant over the window.
@@ -317,7 +319,8 @@ def everest_norm_stats(data: EverestData, window: Window) -> NormStats:
     return NormStats({"optical": [round(v, 4) for v in mean] + [0.0] * filled},
                      {"optical": [round(v, 4) for v in mean + std] + [1.0] * filled},
                      source="Everest Landsat 7 DN standardised with the training part's mean "
-                            "and std (min = mean, max = mean + std); SWIR1/SWIR2 zero-filled")
+                            "and std (min = mean, max = mean + std); SWIR1/SWIR2 zero-filled",
+                     clip=False)
 
 
 def model_features(data: EverestData, stats: NormStats, window: Window) -> np.ndarray:
@@ -378,7 +381,8 @@ def train_everest(context: Context, scene: EverestScene, settings: EverestSettin
         }
         return TrainingSetup(model, train_ds, val_ds, config, stats, card)
 
-    params = {**dataclasses.asdict(settings), "files": checksums, "version": 3}
+    # version 4: norm_stats.json records clip=False (deployments clipped the values before)
+    params = {**dataclasses.asdict(settings), "files": checksums, "version": 4}
     artifact, card = train_cached(context, "everest-model", params, setup, verbose=verbose)
     return TrainedModel(settings, artifact, card)
 
