@@ -10,6 +10,7 @@ model card as ``glacier_mapping:`` properties.
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,6 @@ from pystac.extensions.projection import ProjectionExtension
 from rasterio.crs import CRS
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_geom
-
-import glacier_mapping
 
 #: Media types of the outputs, by file suffix.
 MEDIA_TYPES = {".tif": pystac.MediaType.COG, ".gpkg": "application/geopackage+sqlite3",
@@ -64,7 +63,8 @@ def output_item(summary: Mapping[str, Any], model_card: Mapping[str, Any],
     properties: dict[str, Any] = {
         "title": f"Glacier map of {summary['scene']}",
         "created": created.isoformat(),
-        "processing:software": {"glacier-mapping": glacier_mapping.__version__},
+        "processing:software": {
+            "glacier-mapping": importlib.metadata.version("glacier-mapping")},
         "glacier_mapping:scene": summary["scene"],
         "glacier_mapping:inputs": summary["inputs"],
         "glacier_mapping:model": {**summary["model"], "card": dict(model_card)},
