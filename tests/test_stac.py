@@ -157,7 +157,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         outputfile.write(source.read(self.length))
 
     def log_message(self, *args):
-        type(self).requests.append((self.command, self.headers.get("Range")))
+        type(self).requests.append((self.command, self.path, self.headers.get("Range")))
 
 
 @pytest.fixture
@@ -187,8 +187,15 @@ def test_remote_assets_are_read_by_range_requests(kit, tmp_path, served):
         assert mine.tobytes() == theirs.tobytes()
     summary = json.loads((tmp_path / "remote" / "summary.json").read_text())
     assert summary["inputs"]["optical"][0] == f"{url}/B02.tif"
-    gets = [header for command, header in requests if command == "GET"]
-    assert gets and all(header.startswith("bytes=") for header in gets)  # no whole downloads
+    rasters = [header for command, path, header in requests
+               if command == "GET" and path.endswith(".tif")]
+    assert rasters and all(header and header.startswith("bytes=") for header in rasters)
+    # the item itself remote, its relative hrefs resolved against its URL
+    relative = write_item(kit, "S2A_remote_relative")
+    assert deploy(kit, tmp_path / "url", "--stac-item", f"{url}/{relative.name}",
+                  optical=()) == 0
+    for mine, theirs in zip(maps(tmp_path / "url"), maps(tmp_path / "local"), strict=True):
+        assert mine.tobytes() == theirs.tobytes()
 
 
 def test_dem_item_equals_dem_file(kit, tmp_path, capsys):
