@@ -157,7 +157,7 @@ def test_bad_datasets_name_the_variable_and_the_fix(kit):
         map_glaciers(xr.concat([dataset, dataset], "time"), kit["model"], options=OPTIONS)
     shifted = dataset["dem"].assign_coords(x=dataset["x"] + 10.0)  # another grid
     with pytest.raises(SceneError, match=r"x coordinates are not evenly spaced.*reproject_match"):
-        map_glaciers(xr.merge([dataset.drop_vars("dem"), shifted]), kit["model"],
+        map_glaciers(xr.merge([dataset.drop_vars("dem"), shifted], join="outer"), kit["model"],
                      options=OPTIONS)
     no_crs = dask_dataset(kit)
     no_crs["optical"] = no_crs["optical"].drop_vars("spatial_ref")

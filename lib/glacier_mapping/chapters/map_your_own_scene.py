@@ -8,6 +8,7 @@ The real Landsat 7 scene is opened lazily (dask) and named like a STAC load, map
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,15 @@ def deploy_everest(scene: EverestScene, model_path: Path, out_dir: Path,
         profile = {**nir.profile, "count": 2, "dtype": "uint8"}
         with rasterio.open(zeros, "w", **profile) as out:
             out.write(np.zeros((2, nir.height, nir.width), np.uint8))
-    with SceneSource([scene.rgb, scene.nir, zeros], "red,green,blue,nir,swir1,swir2",
-                     date=EVEREST_DATE) as source:
-        return deploy_scene(source, model_path, out_dir, options, progress=False)
+    deploy_log = logging.getLogger("glacier_mapping.deploy")
+    level = deploy_log.level
+    deploy_log.setLevel(logging.ERROR)  # its "no calibrator" warning: the page says so
+    try:
+        with SceneSource([scene.rgb, scene.nir, zeros], "red,green,blue,nir,swir1,swir2",
+                         date=EVEREST_DATE) as source:
+            return deploy_scene(source, model_path, out_dir, options, progress=False)
+    finally:
+        deploy_log.setLevel(level)
 
 
 def deploy_agreement(mapped: xr.Dataset, summary: Any) -> pd.Series:  # noqa: ANN401
