@@ -1,0 +1,241 @@
+"""The inference backend interface: a runner that maps batches of windows to probabilities.
+
+A :class:`Runner` takes the dict of sensor windows ``(B, P, P, C)`` (float32) and an optional
+location vector and returns probabilities ``(B, P, P, classes)``, with optional 8-fold
+dihedral test-time augmentation; only the TensorFlow runner can run MC dropout. The
+ONNX Runtime and OpenVINO runners load the exports of :mod:`glacier_mapping.runtime.artifacts`
+and are imported only when chosen, so a process running them never imports TensorFlow.
+
+``auto`` takes the first installed backend of :data:`AUTO_ORDER` for this CPU's kind
+(:func:`glacier_mapping.machine.instruction_set_kind`), an order measured with
+``benchmarks/bench_backends.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from glacier_mapping.data.schema import LOCATION_INPUT
+from glacier_mapping.lazy import lazy_module
+from glacier_mapping.machine import cpu_flags, instruction_set_kind
+from glacier_mapping.runtime.artifacts import BackendError, ExportedModel, ensure_export
+
+onnx_backend = lazy_module("glacier_mapping.runtime.onnx_backend")
+openvino_backend = lazy_module("glacier_mapping.runtime.openvino_backend")
+tensorflow_backend = lazy_module("glacier_mapping.runtime.tensorflow_backend")
+
+#: Backends, each with the Python package it needs.
+BACKENDS: dict[str, str] = {"tensorflow": "tensorflow", "onnxruntime": "onnxruntime",
+                            "openvino": "openvino"}
+#: Values of ``--backend``.
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+#: Precisions a backend may be asked for (``auto``: the fastest that keeps float32 accuracy).
+RUNTIME_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "int8", "auto")
+#: Precisions each backend runs.
+SUPPORTED_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "tensorflow": ("float32", "bfloat16"),
+    "onnxruntime": ("float32", "int8"),
+    "openvino": ("float32", "bfloat16", "int8"),
+}
+#: ``auto``'s preference per CPU kind, fastest first (float32, ``bench_backends.py``).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "AVX-512": ("openvino", "onnxruntime", "tensorflow"),
+    "AVX2-only": ("openvino", "onnxruntime", "tensorflow"),
+}
+#: CPU flags of native bfloat16 arithmetic (x86).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+class Runner(Protocol):
+    """What deployment needs of a backend."""
+
+    backend: str
+    precision: str
+    #: Input name -> shape of one sample (``(P, P, C)`` for sensors, ``(L,)`` for location).
+    inputs: dict[str, tuple[int, ...]]
+
+    def predict(self, batch: Mapping[str, np.ndarray], location: np.ndarray | None = None,
+                tta: bool = False, mc_passes: int = 0) -> np.ndarray:
+        """Probabilities ``(B, P, P, classes)`` of a batch of windows."""
+
+
+class ExportedRunner:
+    """Shared part of the runners of exported models: input checks, pieces, TTA.
+
+    Subclasses set :attr:`backend` and implement :meth:`_run` on at most
+    :attr:`windows_per_call` windows.
+    """
+
+    backend = ""
+    windows_per_call = 1
+
+    def __init__(self, exported: ExportedModel, precision: str) -> None:
+        self.exported = exported
+        self.precision = precision
+        self.inputs = dict(exported.inputs)
+
+    def predict(self, batch: Mapping[str, np.ndarray], location: np.ndarray | None = None,
+                tta: bool = False, mc_passes: int = 0) -> np.ndarray:
+        """Probabilities ``(B, P, P, classes)`` of a batch of windows.
+
+        Args:
+            batch: Sensor name -> ``(B, P, P, C)`` arrays (inputs the model lacks are ignored).
+            location: Location vector ``(L,)`` for every window, or ``(B, L)``.
+            tta: Average over the 8 dihedral transforms, each inverted before averaging.
+            mc_passes: Must be 0: exported models run without dropout.
+
+        Raises:
+            BackendError: for ``mc_passes > 0``.
+            ValueError: for missing inputs or inconsistent batch sizes.
+        """
+        if mc_passes:
+            raise BackendError(
+                f"--mc-passes {mc_passes} needs --backend tensorflow: the {self.backend} "
+                "export runs the model without dropout."
+            )
+        inputs = select_inputs(self.inputs, batch, location)
+        if not tta:
+            return self._in_pieces(inputs)
+        total = None
+        for turns in range(4):
+            for flip in (False, True):
+                transformed = {name: dihedral(array, turns, flip) if array.ndim == 4 else array
+                               for name, array in inputs.items()}
+                probs = inverse_dihedral(self._in_pieces(transformed), turns, flip)
+                total = probs if total is None else total + probs
+        return total / np.float32(8.0)
+
+    def _in_pieces(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run :meth:`_run` on pieces of at most :attr:`windows_per_call` windows."""
+        count = next(iter(inputs.values())).shape[0]
+        step = self.windows_per_call
+        pieces = [self._run({name: np.ascontiguousarray(array[start : start + step])
+                             for name, array in inputs.items()})
+                  for start in range(0, count, step)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """float32 probabilities of at most :attr:`windows_per_call` windows."""
+        raise NotImplementedError
+
+
+def select_inputs(shapes: Mapping[str, tuple[int, ...]], batch: Mapping[str, np.ndarray],
+                  location: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The model's inputs (float32) from ``batch``, with the location vector broadcast.
+
+    Raises:
+        ValueError: for arrays of different batch sizes, a missing input or location.
+    """
+    sizes = {np.shape(array)[0] for array in batch.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"batch arrays differ in batch size: {sorted(sizes)}.")
+    count = sizes.pop()
+    inputs = {name: np.asarray(batch[name], dtype=np.float32)
+              for name in shapes if name in batch}
+    if LOCATION_INPUT in shapes and (location is not None or LOCATION_INPUT not in inputs):
+        if location is None:
+            raise ValueError(
+                f"The model takes a {LOCATION_INPUT!r} input; pass location= (a region "
+                "one-hot, a soft region vector or sin/cos coordinates)."
+            )
+        vector = np.asarray(location, dtype=np.float32)
+        inputs[LOCATION_INPUT] = np.broadcast_to(
+            vector if vector.ndim == 2 else vector[None], (count, vector.shape[-1]))
+    missing = [name for name in shapes if name not in inputs]
+    if missing:
+        raise ValueError(f"The model needs inputs {missing}; got {sorted(batch)}.")
+    return inputs
+
+
+def dihedral(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """Flip (left-right) then rotate ``(B, H, W, C)`` windows by ``turns`` x 90 degrees."""
+    array = array[:, :, ::-1] if flip else array
+    return np.ascontiguousarray(np.rot90(array, k=turns, axes=(1, 2)))
+
+
+def inverse_dihedral(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """Undo :func:`dihedral`."""
+    array = np.rot90(array, k=-turns, axes=(1, 2))
+    return np.ascontiguousarray(array[:, :, ::-1] if flip else array)
+
+
+def installed(backend: str) -> bool:
+    """Whether the package of ``backend`` can be imported (without importing it)."""
+    return importlib.util.find_spec(BACKENDS[backend]) is not None
+
+
+def choose_backend(name: str) -> str:
+    """The backend to run for ``--backend NAME``: ``auto`` picks by :data:`AUTO_ORDER`.
+
+    Raises:
+        BackendError: for an unknown name or a backend whose package is not installed.
+    """
+    if name not in BACKEND_CHOICES:
+        raise BackendError(f"--backend {name!r} is not one of {list(BACKEND_CHOICES)}.")
+    if name == "auto":
+        kind = "AVX-512" if instruction_set_kind() == "AVX-512" else "AVX2-only"
+        return next(backend for backend in AUTO_ORDER[kind] if installed(backend))
+    if not installed(name):
+        raise BackendError(
+            f"--backend {name} needs the Python package {BACKENDS[name]!r}, which is not "
+            f"installed; pip install {BACKENDS[name]} (pinned in pyproject.toml) or choose "
+            "another backend."
+        )
+    return name
+
+
+def resolve_runtime_precision(backend: str, precision: str) -> str:
+    """The precision ``backend`` runs for ``precision`` (``auto``: bfloat16 where native).
+
+    TensorFlow keeps its own rule (:func:`glacier_mapping.inference.resolve_precision`, applied
+    by its runner); ``auto`` never picks int8, which is accepted per model (see
+    :mod:`glacier_mapping.runtime.quantise`).
+
+    Raises:
+        BackendError: for a precision the backend does not run.
+    """
+    if precision not in RUNTIME_PRECISIONS:
+        raise BackendError(f"--precision {precision!r} is not one of {list(RUNTIME_PRECISIONS)}.")
+    if backend == "tensorflow" or precision != "auto":
+        if precision not in (*SUPPORTED_PRECISIONS[backend], "auto"):
+            raise BackendError(
+                f"--backend {backend} does not run --precision {precision}; choose one of "
+                f"{list(SUPPORTED_PRECISIONS[backend])}."
+            )
+        return precision
+    native = bool(set(BF16_CPU_FLAGS) & cpu_flags())
+    return "bfloat16" if native and "bfloat16" in SUPPORTED_PRECISIONS[backend] else "float32"
+
+
+def load_backend(model_path: str, name: str = "auto", precision: str = "float32") -> Runner:
+    """A runner of the ``.keras`` model at ``model_path`` on backend ``name``.
+
+    The non-TensorFlow backends export the model beside the file first if needed
+    (:func:`glacier_mapping.runtime.artifacts.ensure_export`).
+
+    Args:
+        model_path: A ``.keras`` model of this library.
+        name: One of :data:`BACKEND_CHOICES`.
+        precision: One of :data:`RUNTIME_PRECISIONS`.
+
+    Raises:
+        BackendError: for an unknown or missing backend, an unsupported precision or a failed
+            export.
+    """
+    backend = choose_backend(name)
+    chosen = resolve_runtime_precision(backend, precision)
+    if backend == "tensorflow":
+        return tensorflow_backend.TensorFlowRunner(model_path, chosen)
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    return load_exported(ensure_export(model_path, fmt, quantised=chosen == "int8"), chosen)
+
+
+def load_exported(exported: ExportedModel, precision: str) -> ExportedRunner:
+    """The runner of an export: ONNX Runtime for ONNX files, OpenVINO for IR."""
+    if exported.format == "onnx":
+        return onnx_backend.OnnxRunner(exported, precision)
+    return openvino_backend.OpenVinoRunner(exported, precision)

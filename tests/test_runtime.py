@@ -1,0 +1,147 @@
+"""Inference backends: exports beside the model, equal to Keras, re-exported on change."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from glacier_mapping.models import build_model
+from glacier_mapping.runtime import BackendError, artifacts, backends, choose_backend, load_backend
+
+P = 64
+EXPORTED = ("onnxruntime", "openvino")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny GlaViTU (custom layers: MC dropout, positional embedding, GELU) and DeepLabv3+
+    with a location input, each exported once for both runtimes."""
+    folder = tmp_path_factory.mktemp("runtime")
+    paths = {}
+    for architecture, location in (("glavitu", None), ("deeplab", 4)):
+        keras.utils.set_random_seed(0)
+        model = build_model(architecture, ("optical", "dem"), P, "tiny", location_size=location)
+        paths[architecture] = folder / architecture / "model.keras"
+        paths[architecture].parent.mkdir()
+        model.save(paths[architecture])
+        # both formats in one export child (one TensorFlow import)
+        artifacts.run_export_child(["glacier_mapping.runtime.export", str(paths[architecture]),
+                                    "onnx", "openvino"])
+    return paths
+
+
+def windows(count=3, location=False, seed=1):
+    rng = np.random.default_rng(seed)
+    batch = {"optical": rng.random((count, P, P, 6), dtype=np.float32),
+             "dem": rng.random((count, P, P, 2), dtype=np.float32)}
+    return batch, (rng.random(4, dtype=np.float32) if location else None)
+
+
+@pytest.mark.parametrize("architecture", ["glavitu", "deeplab"])
+@pytest.mark.parametrize("tta", [False, True])
+def test_exported_backends_equal_keras(models, architecture, tta):
+    path = str(models[architecture])
+    batch, location = windows(location=architecture == "deeplab")
+    expected = load_backend(path, "tensorflow").predict(batch, location, tta=tta)
+    assert expected.shape == (3, P, P, 2)
+    for backend in EXPORTED:
+        runner = load_backend(path, backend)
+        assert runner.backend == backend
+        probs = runner.predict(batch, location, tta=tta)
+        assert probs.dtype == np.float32 and probs.shape == expected.shape
+        assert np.abs(probs - expected).max() < 1e-4, backend
+
+
+def test_export_record_names_source_checksum_and_versions(models):
+    path = models["glavitu"]
+    record = json.loads(path.with_name("model.openvino.xml.json").read_text())
+    assert record["source_sha256"] == artifacts.file_digest(path)
+    assert set(record["files"]) == {"model.openvino.xml", "model.openvino.bin"}
+    assert record["inputs"] == {"optical": [P, P, 6], "dem": [P, P, 2]}
+    assert record["check"]["max_abs_difference"] < 1e-4
+    assert {"tf2onnx", "openvino", "keras"} <= set(record["versions"])
+
+
+def test_export_is_reused_and_redone_after_the_weights_change(models, tmp_path, monkeypatch):
+    path = tmp_path / "model.keras"
+    shutil.copy(models["glavitu"], path)
+    for name in ("model.onnx", "model.onnx.json"):
+        shutil.copy(models["glavitu"].with_name(name), tmp_path / name)
+    calls = []
+    original = artifacts.run_export_child
+    monkeypatch.setattr(artifacts, "run_export_child",
+                        lambda arguments: calls.append(arguments) or original(arguments))
+    batch, _ = windows()
+    before = load_backend(str(path), "onnxruntime").predict(batch)
+    assert calls == []  # the copied export matches the copied model
+    model = keras.saving.load_model(path, compile=False)
+    layer = model.get_layer("output")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + np.array([0.0, 1.0], np.float32)])  # more glacier
+    model.save(path)
+    after = load_backend(str(path), "onnxruntime").predict(batch)
+    assert len(calls) == 1
+    expected = load_backend(str(path), "tensorflow").predict(batch)
+    assert np.abs(after - expected).max() < 1e-4
+    assert np.abs(after - before).max() > 1e-3
+    record = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert record["source_sha256"] == artifacts.file_digest(path)
+
+
+def test_a_damaged_export_is_not_used(models, tmp_path):
+    path = tmp_path / "model.keras"
+    shutil.copy(models["glavitu"], path)
+    for name in ("model.onnx", "model.onnx.json"):
+        shutil.copy(models["glavitu"].with_name(name), tmp_path / name)
+    assert artifacts.read_export(path, "onnx") is not None
+    with open(tmp_path / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    assert artifacts.read_export(path, "onnx") is None
+
+
+def test_exported_backends_run_without_tensorflow(models):
+    script = (
+        "import sys, numpy as np\n"
+        "from glacier_mapping.runtime import load_backend\n"
+        "for name in ('onnxruntime', 'openvino'):\n"
+        f"    runner = load_backend({str(models['glavitu'])!r}, name)\n"
+        f"    runner.predict({{'optical': np.zeros((2, {P}, {P}, 6), np.float32),\n"
+        f"                    'dem': np.zeros((2, {P}, {P}, 2), np.float32)}})\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_mc_dropout_needs_tensorflow(models):
+    batch, _ = windows()
+    runner = load_backend(str(models["glavitu"]), "onnxruntime")
+    with pytest.raises(BackendError, match="--mc-passes 2 needs --backend tensorflow"):
+        runner.predict(batch, mc_passes=2)
+
+
+def test_missing_runtime_and_bad_names_are_explained(models, monkeypatch):
+    with pytest.raises(BackendError, match="not one of"):
+        choose_backend("tensorrt")
+    monkeypatch.setattr(backends, "installed", lambda backend: backend == "tensorflow")
+    with pytest.raises(BackendError, match="pip install openvino"):
+        choose_backend("openvino")
+    assert choose_backend("auto") == "tensorflow"
+    with pytest.raises(BackendError, match="does not run --precision bfloat16"):
+        backends.resolve_runtime_precision("onnxruntime", "bfloat16")
+
+
+def test_int8_needs_a_quantised_export(models):
+    with pytest.raises(BackendError, match="No int8 onnx export"):
+        load_backend(str(models["glavitu"]), "onnxruntime", "int8")
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(BackendError, match="does not exist"):
+        load_backend(str(tmp_path / "none.keras"), "onnxruntime")
