@@ -56,27 +56,19 @@ def write_scene(folder: Path, base: dict[str, np.ndarray], transform: object, cr
     return paths
 
 
-def proc_status_mb(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return float(line.split()[1]) / 1024.0
-    raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
-
-
 def child(model: str, optical: str, dem: str, out_dir: str, options: str) -> None:
     """Run one deployment and print its measurements as JSON (the last line of stdout).
 
     ``options`` is a JSON object of :class:`~glacier_mapping.deploy.DeployOptions` fields. The
     imports (TensorFlow and the library) are part of the baseline, not of the scene.
     """
-    baseline = proc_status_mb("VmRSS")
+    baseline = common.proc_status_mb("VmRSS")
     start = time.perf_counter()
     with SceneSource(optical, OPTICAL_BANDS, dem=dem) as source:
         summary = deploy_scene(source, model, out_dir, DeployOptions(**json.loads(options)),
                                progress=False)
     wall = time.perf_counter() - start
-    peak = proc_status_mb("VmHWM")
+    peak = common.proc_status_mb("VmHWM")
     print(json.dumps({"seconds": summary.seconds, "wall": wall, "peak_mb": peak,
                       "baseline_mb": baseline, "windows": summary.pixels["windows"],
                       "polygons": summary.polygon_count,

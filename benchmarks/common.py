@@ -66,6 +66,14 @@ def child_memory_rows(benchmark: str, case: str, result: dict, sampled_mb: float
     ]
 
 
+def proc_status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return float(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
+
+
 def timed(fn: Callable[[], object], warmup: int, reps: int) -> list[float]:
     """Run ``fn`` ``warmup`` times untimed, then ``reps`` times; return the wall seconds."""
     for _ in range(warmup):

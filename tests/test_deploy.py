@@ -33,6 +33,7 @@ from glacier_mapping.deploy import (
     deploy_scene,
 )
 from glacier_mapping.inference import WindowBlender, predict_array
+from glacier_mapping.runtime import tensorflow_backend
 
 P = 16
 CRS = "EPSG:32632"
@@ -506,13 +507,13 @@ def test_coordinates_are_radians(files, tmp_path, monkeypatch):
     np.testing.assert_allclose(vector, [0.5, math.sqrt(3) / 2, 1.0, 0.0], atol=1e-6)
     model = tiny_model(tmp_path / "coords.keras", location_size=4)
     seen = []
-    real = scene_inference.predict_windows
+    real = tensorflow_backend.predict_windows
 
     def recording(model, batch, **kwargs):
         seen.append(kwargs["location"])
         return real(model, batch, **kwargs)
 
-    monkeypatch.setattr(scene_inference, "predict_windows", recording)
+    monkeypatch.setattr(tensorflow_backend, "predict_windows", recording)
     with source_of(files) as source:
         summary = deploy_scene(source, model, tmp_path / "out", progress=False)
         lon, lat = source.center_lonlat(0, 0, P, P)
@@ -532,13 +533,13 @@ def test_region_vector_is_repeated_per_window(files, tmp_path, monkeypatch):
     vector[5] = 1.0
     path = save_region_vector(vector, tmp_path / "region.json")
     seen = []
-    real = scene_inference.predict_windows
+    real = tensorflow_backend.predict_windows
 
     def recording(model, batch, **kwargs):
         seen.append(kwargs["location"])
         return real(model, batch, **kwargs)
 
-    monkeypatch.setattr(scene_inference, "predict_windows", recording)
+    monkeypatch.setattr(tensorflow_backend, "predict_windows", recording)
     with source_of(files) as source:
         with pytest.raises(DeploymentError, match=r"pass --region-vector JSON"):
             deploy_scene(source, model, tmp_path / "o1", progress=False)

@@ -69,7 +69,7 @@ def test_lazy_modules_are_the_projects_own():
 ONE_HOME = {
     r"os\.replace\(|\b(tmp|path|partial|staged?)\.replace\(|\.tmp\b|mkstemp\(|\.rename\((?!columns)":
         "store.py",
-    r"^class \w*(Blender|BlendAccumulator)\b": "inference.py",
+    r"^class \w*(Blender|BlendAccumulator)\b": "windows.py",
     r"^COLUMNS: tuple|METRIC_COLUMNS|TIDY_COLUMNS": "metrics.py",
     r"^def coordinate_vector\(": "data/patches.py",
     r"^def write_metrics\(": "metrics.py",

@@ -8,7 +8,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+import rasterio
+from rasterio.transform import from_origin
 
+from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
+from glacier_mapping.deploy import DeploymentError, DeployOptions, deploy_scene
 from glacier_mapping.models import build_model
 from glacier_mapping.runtime import BackendError, artifacts, backends, choose_backend, load_backend
 
@@ -145,3 +149,99 @@ def test_int8_needs_a_quantised_export(models):
 def test_missing_model_file(tmp_path):
     with pytest.raises(BackendError, match="does not exist"):
         load_backend(str(tmp_path / "none.keras"), "onnxruntime")
+
+
+def write_scene(folder, height, width, seed=0):
+    """Optical (6 bands, reflectance-like) and DEM GeoTIFFs with bright blobs to map."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    optical = rng.uniform(0.05, 0.15, (6, height, width)).astype("float32")
+    optical[:3] += 0.7 * (np.sin(rows / 9.0) * np.cos(cols / 11.0) > 0.3)
+    dem = (2000.0 + 2.0 * rows + rng.normal(0, 1, (height, width)))[None].astype("float32")
+    paths = {}
+    for name, data in (("optical", optical), ("dem", dem)):
+        paths[name] = folder / f"{name}_{height}x{width}.tif"
+        with rasterio.open(paths[name], "w", driver="GTiff", height=height, width=width,
+                           count=len(data), dtype="float32", crs="EPSG:32632",
+                           transform=from_origin(500_000.0, 5_100_000.0, 30.0, 30.0)) as out:
+            out.write(data)
+    return paths
+
+
+def deployed(paths, model, out, backend):
+    with SceneSource(paths["optical"], OPTICAL_BANDS, dem=paths["dem"]) as source:
+        summary = deploy_scene(source, model, out, DeployOptions(
+            stride=32, backend=backend, precision="float32"), progress=False)
+    with rasterio.open(summary.outputs["glacier_class.tif"]) as classes, \
+            rasterio.open(summary.outputs["confidence.tif"]) as conf:
+        return summary, classes.read(1), conf.read(1)
+
+
+def test_deploy_with_each_backend_equals_tensorflow(models, tmp_path):
+    paths = write_scene(tmp_path, 150, 170)
+    model = models["glavitu"]
+    _, classes, conf = deployed(paths, model, tmp_path / "tensorflow", "tensorflow")
+    assert 0.05 < (classes == 1).mean() < 0.95  # both classes present
+    for backend in EXPORTED:
+        summary, other_classes, other_conf = deployed(paths, model, tmp_path / backend, backend)
+        assert summary.parameters["backend"] == backend
+        assert summary.parameters["precision"] == "float32"
+        assert json.loads((tmp_path / backend / "summary.json").read_text())[
+            "parameters"]["backend"] == backend
+        assert np.nanmax(np.abs(other_conf - conf)) < 1e-4, backend
+        assert (other_classes == classes).mean() > 0.9999, backend
+
+
+def test_deploy_refuses_mc_dropout_with_an_exported_backend(models, tmp_path):
+    paths = write_scene(tmp_path, 64, 64)
+    with SceneSource(paths["optical"], OPTICAL_BANDS, dem=paths["dem"]) as source:
+        with pytest.raises(DeploymentError, match="--mc-passes 3 needs --backend tensorflow"):
+            deploy_scene(source, models["glavitu"], tmp_path / "out",
+                         DeployOptions(backend="openvino", mc_passes=3), progress=False)
+    with pytest.raises(DeploymentError, match="backend='tensorrt' is not one of"):
+        DeployOptions(backend="tensorrt")
+
+
+#: A child deploys one scene through the command line and reports its memory and imports.
+DEPLOY_CHILD = """
+import json, sys
+from pathlib import Path
+from glacier_mapping.cli import main
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1]) / 1024.0
+
+model, optical, dem, out, backend = sys.argv[1:]
+try:
+    main(["deploy", "--model", model, "--optical", optical,
+          "--bands", "blue,green,red,nir,swir1,swir2", "--dem", dem, "--out", out,
+          "--backend", backend, "--precision", "float32", "--stride", "32", "--no-progress"])
+except SystemExit as stop:
+    if stop.code:
+        raise
+print(json.dumps({"peak_mb": status("VmHWM"),
+                  "heavy": [m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules],
+                  "backend": json.loads((Path(out) / "summary.json").read_text())[
+                      "parameters"]["backend"]}))
+"""
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_deploy_command_without_tensorflow_in_bounded_memory(models, tmp_path, backend):
+    """The CLI with an exported backend never imports TensorFlow, and its peak RSS for a 16x
+    larger scene (same width, 16x the rows) stays within 1.5x of the small scene's."""
+    results = {}
+    for rows in (128, 2048):
+        paths = write_scene(tmp_path, rows, 512)
+        done = subprocess.run(
+            [sys.executable, "-c", DEPLOY_CHILD, str(models["glavitu"]), str(paths["optical"]),
+             str(paths["dem"]), str(tmp_path / f"out{rows}"), backend],
+            capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[rows] = json.loads(done.stdout.strip().splitlines()[-1])
+    small, large = results[128], results[2048]
+    assert small["heavy"] == [] and large["heavy"] == [], results
+    assert small["backend"] == large["backend"] == backend
+    assert large["peak_mb"] <= 1.5 * small["peak_mb"], results

@@ -54,7 +54,6 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import shape
 
-from glacier_mapping.adaptation import load_region_vector
 from glacier_mapping.area_uncertainty import (
     AREA_ERRORS_KEY,
     LEVEL,
@@ -81,14 +80,6 @@ from glacier_mapping.data.schema import (
     SENSOR_CHANNELS,
 )
 from glacier_mapping.data.tiles import NormStats
-from glacier_mapping.inference import (
-    BLENDS,
-    DEFAULT_BLEND,
-    PRECISIONS,
-    inference_model,
-    resolve_precision,
-    window_origins,
-)
 from glacier_mapping.inventory import (
     DEFAULT_MAX_DISTANCE_M,
     DEFAULT_ZONE_M,
@@ -97,7 +88,7 @@ from glacier_mapping.inventory import (
     split_by_inventory,
     write_layer,
 )
-from glacier_mapping.models import load_model
+from glacier_mapping.lazy import lazy_module
 from glacier_mapping.output_item import output_item
 from glacier_mapping.products import (
     PRODUCTS,
@@ -105,6 +96,8 @@ from glacier_mapping.products import (
     reflectance_problem,
     sample_optical,
 )
+from glacier_mapping.runtime import BACKEND_CHOICES, BackendError, choose_backend, load_backend
+from glacier_mapping.runtime.backends import RUNTIME_PRECISIONS
 from glacier_mapping.scene_inference import (
     CLASS_NODATA,
     SceneTotals,
@@ -120,6 +113,12 @@ from glacier_mapping.store import (
     file_digest,
     publish_set,
 )
+from glacier_mapping.windows import BLENDS, DEFAULT_BLEND, window_origins
+
+# TensorFlow-backed: loaded only with --backend tensorflow or a region-vector model
+adaptation = lazy_module("glacier_mapping.adaptation")
+models = lazy_module("glacier_mapping.models")
+tensorflow_backend = lazy_module("glacier_mapping.runtime.tensorflow_backend")
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +229,18 @@ class _ModelInfo:
 
 def _load_model(model_path: Path) -> Any:  # noqa: ANN401 - a keras.Model
     """Load a ``.keras`` model in safe mode, with a clear error."""
+    _check_model_file(model_path)
+    try:
+        return models.load_model(model_path)
+    except Exception as error:  # any failure means the file is not a model this library loads
+        raise DeploymentError(
+            f"{model_path} is not a Keras model file this library can load ({error}); "
+            f"{_MODEL_FIX}."
+        ) from None
+
+
+def _check_model_file(model_path: Path) -> None:
+    """Refuse a model path that is not a file or not a ``.keras`` (zip) archive."""
     if not model_path.is_file():
         state = "is not a file" if model_path.exists() else "does not exist"
         raise DeploymentError(f"Model file {model_path} {state}; {_MODEL_FIX}.")
@@ -238,13 +249,6 @@ def _load_model(model_path: Path) -> Any:  # noqa: ANN401 - a keras.Model
             f"{model_path} is not a Keras model file (a .keras file is a zip archive; this one "
             f"is not); {_MODEL_FIX}."
         )
-    try:
-        return load_model(model_path)
-    except Exception as error:  # any failure means the file is not a model this library loads
-        raise DeploymentError(
-            f"{model_path} is not a Keras model file this library can load ({error}); "
-            f"{_MODEL_FIX}."
-        ) from None
 
 
 def _model_card(model_path: Path) -> dict[str, Any]:
@@ -263,24 +267,23 @@ def _model_card(model_path: Path) -> dict[str, Any]:
     return card
 
 
-def _model_info(model: Any, card: dict[str, Any], patch_size: int | None,  # noqa: ANN401
-                model_path: Path) -> _ModelInfo:
-    """Sensors, patch size and location size from the model's inputs (and card)."""
-    inputs = model.input if isinstance(model.input, dict) else None
+def _model_info(inputs: dict[str, tuple[int | None, ...]], card: dict[str, Any],
+                patch_size: int | None, model_path: Path) -> _ModelInfo:
+    """Sensors, patch size and location size from the model's inputs (one sample's shapes)."""
     if not inputs:
         raise DeploymentError(f"{model_path}: the model must take a dict of named sensor inputs.")
     sensors = tuple(name for name in inputs if name != LOCATION_INPUT)
     unknown = [name for name in sensors if name not in SENSOR_CHANNELS]
     if unknown:
         raise DeploymentError(f"{model_path}: unknown model input(s) {unknown}.")
-    shapes = {name: tuple(inputs[name].shape) for name in sensors}
+    shapes = {name: inputs[name] for name in sensors}
     for name, input_shape in shapes.items():
         if input_shape[-1] != SENSOR_CHANNELS[name]:
             raise DeploymentError(
                 f"{model_path}: input {name!r} has {input_shape[-1]} channels; the schema has "
                 f"{SENSOR_CHANNELS[name]}."
             )
-    model_size = next((s[1] for s in shapes.values() if s[1] is not None), None)
+    model_size = next((s[0] for s in shapes.values() if s[0] is not None), None)
     size = patch_size or model_size or card.get("patch_size")
     if size is None:
         raise DeploymentError(
@@ -291,7 +294,7 @@ def _model_info(model: Any, card: dict[str, Any], patch_size: int | None,  # noq
             f"--patch-size {size} differs from the model's input size {model_size}; omit "
             "--patch-size."
         )
-    location = tuple(inputs[LOCATION_INPUT].shape)[-1] if LOCATION_INPUT in inputs else None
+    location = inputs[LOCATION_INPUT][-1] if LOCATION_INPUT in inputs else None
     return _ModelInfo(sensors, int(size), location)
 
 
@@ -522,10 +525,15 @@ class DeployOptions:
         patch_size: window size; default the model's input size.
         stride: window step; default half a patch (``DEFAULT_STRIDE_FRACTION``).
         batch_size: windows per model call.
-        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the hardware has it:
-            see :func:`glacier_mapping.inference.resolve_precision`); the precision used is
+        precision: ``float32``, ``bfloat16``, ``int8`` or ``auto`` (bfloat16 where the
+            hardware has it: see :func:`glacier_mapping.inference.resolve_precision` and
+            :func:`glacier_mapping.runtime.backends.resolve_runtime_precision`); int8 needs a
+            quantised export (:mod:`glacier_mapping.runtime.quantise`); the precision used is
             recorded in ``summary.json``.
-        blend: window weights, one of :data:`glacier_mapping.inference.BLENDS`; ``original``
+        backend: the inference runtime, one of
+            :data:`glacier_mapping.runtime.BACKEND_CHOICES` (``auto`` picks by measured speed
+            on this CPU's kind); the backend used is recorded in ``summary.json``.
+        blend: window weights, one of :data:`glacier_mapping.windows.BLENDS`; ``original``
             reproduces the original implementation's whole-scene probabilities.
         prefetch: read the next batch of windows in a background thread while the model runs.
         vector_strip_rows: rows per strip when vectorising the class raster.
@@ -552,6 +560,7 @@ class DeployOptions:
     stride: int | None = None
     batch_size: int = 8
     precision: str = "auto"
+    backend: str = "tensorflow"
     blend: str = DEFAULT_BLEND
     prefetch: bool = True
     vector_strip_rows: int = 1024
@@ -571,10 +580,15 @@ class DeployOptions:
             if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
                 raise DeploymentError(f"{flag} must be an integer >= {minimum} ({what}), got "
                                       f"{value!r}; e.g. {flag} {example}.")
-        if self.precision not in PRECISIONS:
+        if self.precision not in RUNTIME_PRECISIONS:
             raise DeploymentError(
-                f"precision={self.precision!r} is not one of {list(PRECISIONS)}; pass "
-                "--precision float32, bfloat16 or auto."
+                f"precision={self.precision!r} is not one of {list(RUNTIME_PRECISIONS)}; pass "
+                f"--precision {' / '.join(RUNTIME_PRECISIONS)}."
+            )
+        if self.backend not in BACKEND_CHOICES:
+            raise DeploymentError(
+                f"backend={self.backend!r} is not one of {list(BACKEND_CHOICES)}; pass "
+                f"--backend {' / '.join(BACKEND_CHOICES)}."
             )
         if self.blend not in BLENDS:
             raise DeploymentError(
@@ -592,7 +606,7 @@ class DeployOptions:
         """The options of parsed ``glacier-mapping deploy`` arguments."""
         return cls(coordinates=args.coordinates, tta=args.tta, mc_passes=args.mc_passes,
                    patch_size=args.patch_size, stride=args.stride, batch_size=args.batch_size,
-                   precision=args.precision, blend=args.blend,
+                   precision=args.precision, backend=args.backend, blend=args.blend,
                    allow_partial_coverage=args.allow_partial_coverage, product=args.product,
                    reflectance_check=not args.skip_reflectance_check)
 
@@ -906,12 +920,13 @@ def prepare_deployment(
             coverage, reflectance, output directory or inventory setting.
         SceneError: for a scene smaller than one window or without valid pixels.
     """
-    precision = resolve_precision(options.precision)
     calibrator = _load_calibrator(calibrator_path)
     plan = None if inventory is None else _plan_inventory(inventory, source, calibrator_path)
     if out_dir is not None:
         _check_out_dir(out_dir)
-    info, runner, card = _prepare_model(model_path, options.patch_size, precision)
+    info, runner, card = _prepare_model(model_path, options.patch_size, options.precision,
+                                        options.backend, options.mc_passes)
+    precision = runner.precision
     region_vector_path = None if region_vector_path is None else Path(region_vector_path)
     mode, region_vector = _check_inputs(source, info, options.coordinates, region_vector_path)
     stats = _norm_stats(norm_stats, model_path, card)
@@ -1039,17 +1054,29 @@ def _check_coverage(source: SceneSource, sensors: Sequence[str],
     return {path: round(fraction, 6) for path, fraction in coverage.items()}, notes
 
 
-def _prepare_model(model_path: Path, patch_size: int | None,
-                   precision: str) -> tuple[_ModelInfo, Any, dict[str, Any]]:
-    """The model's info, the copy that runs (:func:`inference_model`) and its card."""
-    model = _load_model(model_path)
-    card = _model_card(model_path)
-    info = _model_info(model, card, patch_size, model_path)
-    try:  # only the returned copy is kept: one set of weights in memory
-        runner = inference_model(model, precision, fold=True)
-    except ValueError as error:
+def _prepare_model(model_path: Path, patch_size: int | None, precision: str,
+                   backend: str = "tensorflow",
+                   mc_passes: int = 0) -> tuple[_ModelInfo, Any, dict[str, Any]]:
+    """The model's info, the runner of the chosen backend and the model's card.
+
+    TensorFlow runs the model's inference copy
+    (:func:`glacier_mapping.inference.inference_model`); the other backends load an export
+    beside the model (:func:`glacier_mapping.runtime.load_backend`) without TensorFlow.
+    """
+    try:
+        chosen = choose_backend(backend)
+        if chosen != "tensorflow" and mc_passes:
+            raise BackendError(f"--mc-passes {mc_passes} needs --backend tensorflow: the "
+                               f"{chosen} export runs the model without dropout.")
+        if chosen == "tensorflow":
+            runner = tensorflow_backend.TensorFlowRunner(_load_model(model_path), precision)
+        else:
+            _check_model_file(model_path)
+            runner = load_backend(str(model_path), chosen, precision)
+    except (BackendError, ValueError) as error:
         raise DeploymentError(f"{model_path}: {error}") from None
-    return info, runner, card
+    card = _model_card(model_path)
+    return _model_info(runner.inputs, card, patch_size, model_path), runner, card
 
 
 def _check_inputs(source: SceneSource, info: _ModelInfo, coordinates: bool | None,
@@ -1065,7 +1092,7 @@ def _check_inputs(source: SceneSource, info: _ModelInfo, coordinates: bool | Non
     region_vector = None
     if mode == "region":
         try:
-            region_vector = load_region_vector(region_vector_path).astype(np.float32)
+            region_vector = adaptation.load_region_vector(region_vector_path).astype(np.float32)
         except (FileNotFoundError, ValueError) as error:
             raise DeploymentError(f"--region-vector: {error}") from None
     return mode, region_vector
@@ -1128,6 +1155,7 @@ def _summary(source: SceneSource, setup: DeploymentSetup, out_dir: Path,
                        else str(setup.region_vector_path)),
         parameters={"tta": options.tta, "mc_passes": options.mc_passes, "stride": setup.stride,
                     "batch_size": options.batch_size, "precision": setup.precision,
+                    "backend": setup.runner.backend,
                     "blend": options.blend, "prefetch": options.prefetch,
                     "raster_format": raster_format,
                     "allow_partial_coverage": options.allow_partial_coverage,
@@ -1453,10 +1481,17 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="window step (default: half the patch size; 3/4 of it is about "
                              "1.8x faster on large scenes at a small IoU cost)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="auto",
                         help="inference precision; auto = bfloat16 where the hardware has it "
                              "(AVX-512 BF16/AMX CPU with TF_ENABLE_ONEDNN_OPTS=1, or a GPU of "
-                             "compute capability >= 8.0), else float32")
+                             "compute capability >= 8.0), else float32; int8 needs a quantised "
+                             "export (python -m glacier_mapping.runtime.quantise)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="tensorflow",
+                        help="inference runtime (default tensorflow; auto = the fastest "
+                             "installed one measured for this CPU's kind); onnxruntime and "
+                             "openvino run a model exported beside the .keras file (made on "
+                             "first use, again when the model changes) without TensorFlow and "
+                             "cannot run --mc-passes")
     parser.add_argument("--blend", choices=BLENDS, default=DEFAULT_BLEND,
                         help=f"window weights (default {DEFAULT_BLEND}: Gaussian, sigma = patch/8; "
                              "original: the original implementation's wide Gaussian; uniform: "

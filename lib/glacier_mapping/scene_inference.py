@@ -23,11 +23,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from glacier_mapping.calibration import Calibrator, confidence
-from glacier_mapping.data.patches import coordinate_vector
 from glacier_mapping.data.scenes import SceneSource
 from glacier_mapping.data.tiles import NormStats
-from glacier_mapping.inference import WindowBlender, predict_windows, predict_windows_spread
 from glacier_mapping.iou_estimation import estimate_iou, expected_counts, pool_counts
+from glacier_mapping.lazy import lazy_module
+from glacier_mapping.runtime import Runner
+from glacier_mapping.windows import WindowBlender
+
+# TensorFlow-backed: loaded only for models that take window-centre coordinates
+patches = lazy_module("glacier_mapping.data.patches")
 
 #: Class raster value of pixels without valid input.
 CLASS_NODATA = 255
@@ -98,7 +102,8 @@ class WindowReader:
             location = self.region_vector
         elif self.mode == "coordinates":
             centres = [self.source.center_lonlat(row, col, size, size) for col in batch]
-            location = np.stack([coordinate_vector(lat=lat, lon=lon) for lon, lat in centres])
+            location = np.stack([patches.coordinate_vector(lat=lat, lon=lon)
+                                 for lon, lat in centres])
         return windows, valid, location
 
 
@@ -188,14 +193,14 @@ def pixel_area_km2(source: SceneSource, rows: np.ndarray) -> np.ndarray:
     return dx * dy / 1e6
 
 
-def mapped_rows(source: SceneSource, runner: Any, reader: WindowReader,  # noqa: ANN401
+def mapped_rows(source: SceneSource, runner: Runner, reader: WindowReader,
                 plan: WindowPlan, calibrator: Calibrator | None, totals: SceneTotals,
                 progress: bool = False) -> Iterator[MappedRows]:
     """Map the scene window row by window row, yielding rows as soon as they are final.
 
     Args:
         source: the scene.
-        runner: the model that runs (see :func:`glacier_mapping.inference.inference_model`).
+        runner: the backend that runs the model (:func:`glacier_mapping.runtime.load_backend`).
         reader: reads the windows of ``source`` for the model.
         plan: window size, step, batch, blending, TTA and MC dropout.
         calibrator: turns probabilities into calibrated confidence; None gives
@@ -230,14 +235,14 @@ def mapped_rows(source: SceneSource, runner: Any, reader: WindowReader,  # noqa:
             tick = time.perf_counter()
 
 
-def _predict(runner: Any, windows: dict[str, np.ndarray], plan: WindowPlan,  # noqa: ANN401
+def _predict(runner: Runner, windows: dict[str, np.ndarray], plan: WindowPlan,
              location: np.ndarray | None) -> np.ndarray:
     """Probabilities ``(B, P, P, classes)``, with the spread as one more channel if asked."""
     if not plan.spread:
-        return predict_windows(runner, windows, tta=plan.tta, mc_passes=plan.mc_passes,
-                               location=location)
-    probs, spread = predict_windows_spread(runner, windows, plan.mc_passes, tta=plan.tta,
-                                           location=location)
+        return runner.predict(windows, location=location, tta=plan.tta,
+                              mc_passes=plan.mc_passes)
+    probs, spread = runner.predict_spread(windows, plan.mc_passes, location=location,
+                                          tta=plan.tta)
     # blended like the probabilities: a weighted mean of the windows' spreads
     return np.concatenate([probs, spread[..., None]], axis=-1)
 

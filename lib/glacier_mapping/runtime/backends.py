@@ -19,11 +19,12 @@ from typing import Protocol
 
 import numpy as np
 
-from glacier_mapping.data.schema import LOCATION_INPUT
 from glacier_mapping.lazy import lazy_module
 from glacier_mapping.machine import cpu_flags, instruction_set_kind
 from glacier_mapping.runtime.artifacts import BackendError, ExportedModel, ensure_export
+from glacier_mapping.windows import dihedral, inverse_dihedral, select_inputs
 
+models = lazy_module("glacier_mapping.models")
 onnx_backend = lazy_module("glacier_mapping.runtime.onnx_backend")
 openvino_backend = lazy_module("glacier_mapping.runtime.openvino_backend")
 tensorflow_backend = lazy_module("glacier_mapping.runtime.tensorflow_backend")
@@ -62,6 +63,11 @@ class Runner(Protocol):
                 tta: bool = False, mc_passes: int = 0) -> np.ndarray:
         """Probabilities ``(B, P, P, classes)`` of a batch of windows."""
 
+    def predict_spread(self, batch: Mapping[str, np.ndarray], mc_passes: int,
+                       location: np.ndarray | None = None,
+                       tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mean probabilities and the MC-dropout spread of the glacier probability."""
+
 
 class ExportedRunner:
     """Shared part of the runners of exported models: input checks, pieces, TTA.
@@ -93,11 +99,8 @@ class ExportedRunner:
             ValueError: for missing inputs or inconsistent batch sizes.
         """
         if mc_passes:
-            raise BackendError(
-                f"--mc-passes {mc_passes} needs --backend tensorflow: the {self.backend} "
-                "export runs the model without dropout."
-            )
-        inputs = select_inputs(self.inputs, batch, location)
+            self._refuse_mc_dropout(mc_passes)
+        inputs = select_inputs(list(self.inputs), batch, location)
         if not tta:
             return self._in_pieces(inputs)
         total = None
@@ -108,6 +111,23 @@ class ExportedRunner:
                 probs = inverse_dihedral(self._in_pieces(transformed), turns, flip)
                 total = probs if total is None else total + probs
         return total / np.float32(8.0)
+
+    def predict_spread(self, batch: Mapping[str, np.ndarray], mc_passes: int,
+                       location: np.ndarray | None = None,
+                       tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Refused: exported models run without dropout (:meth:`_refuse_mc_dropout`)."""
+        self._refuse_mc_dropout(mc_passes)
+
+    def _refuse_mc_dropout(self, mc_passes: int) -> None:
+        """Raise the error of an MC-dropout request.
+
+        Raises:
+            BackendError: always.
+        """
+        raise BackendError(
+            f"--mc-passes {mc_passes} needs --backend tensorflow: the {self.backend} export "
+            "runs the model without dropout."
+        )
 
     def _in_pieces(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Run :meth:`_run` on pieces of at most :attr:`windows_per_call` windows."""
@@ -121,46 +141,6 @@ class ExportedRunner:
     def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """float32 probabilities of at most :attr:`windows_per_call` windows."""
         raise NotImplementedError
-
-
-def select_inputs(shapes: Mapping[str, tuple[int, ...]], batch: Mapping[str, np.ndarray],
-                  location: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The model's inputs (float32) from ``batch``, with the location vector broadcast.
-
-    Raises:
-        ValueError: for arrays of different batch sizes, a missing input or location.
-    """
-    sizes = {np.shape(array)[0] for array in batch.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"batch arrays differ in batch size: {sorted(sizes)}.")
-    count = sizes.pop()
-    inputs = {name: np.asarray(batch[name], dtype=np.float32)
-              for name in shapes if name in batch}
-    if LOCATION_INPUT in shapes and (location is not None or LOCATION_INPUT not in inputs):
-        if location is None:
-            raise ValueError(
-                f"The model takes a {LOCATION_INPUT!r} input; pass location= (a region "
-                "one-hot, a soft region vector or sin/cos coordinates)."
-            )
-        vector = np.asarray(location, dtype=np.float32)
-        inputs[LOCATION_INPUT] = np.broadcast_to(
-            vector if vector.ndim == 2 else vector[None], (count, vector.shape[-1]))
-    missing = [name for name in shapes if name not in inputs]
-    if missing:
-        raise ValueError(f"The model needs inputs {missing}; got {sorted(batch)}.")
-    return inputs
-
-
-def dihedral(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    """Flip (left-right) then rotate ``(B, H, W, C)`` windows by ``turns`` x 90 degrees."""
-    array = array[:, :, ::-1] if flip else array
-    return np.ascontiguousarray(np.rot90(array, k=turns, axes=(1, 2)))
-
-
-def inverse_dihedral(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    """Undo :func:`dihedral`."""
-    array = np.rot90(array, k=-turns, axes=(1, 2))
-    return np.ascontiguousarray(array[:, :, ::-1] if flip else array)
 
 
 def installed(backend: str) -> bool:
@@ -229,7 +209,7 @@ def load_backend(model_path: str, name: str = "auto", precision: str = "float32"
     backend = choose_backend(name)
     chosen = resolve_runtime_precision(backend, precision)
     if backend == "tensorflow":
-        return tensorflow_backend.TensorFlowRunner(model_path, chosen)
+        return tensorflow_backend.TensorFlowRunner(models.load_model(model_path), chosen)
     fmt = "onnx" if backend == "onnxruntime" else "openvino"
     return load_exported(ensure_export(model_path, fmt, quantised=chosen == "int8"), chosen)
 

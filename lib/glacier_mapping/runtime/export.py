@@ -8,8 +8,8 @@
    ``erf`` (TensorFlow's exact GELU uses ``erfc``, which ONNX lacks); weights are copied.
 2. Its ``"output"`` head, traced with an open batch dimension, to ONNX with tf2onnx
    (opset :data:`OPSET`).
-3. For OpenVINO, the ONNX file converted to IR with OpenVINO's own converter, weights kept in
-   float32 (``compress_to_fp16=False``).
+3. For OpenVINO, the ONNX file (the current ONNX export when there is one) converted to IR
+   with OpenVINO's own converter, weights kept in float32 (``compress_to_fp16=False``).
 4. A check: probabilities of :data:`CHECK_WINDOWS` random windows through the export against
    the Keras model; more than :data:`~glacier_mapping.runtime.artifacts.EXPORT_TOLERANCE`
    apart and nothing is written.
@@ -37,6 +37,7 @@ from glacier_mapping.runtime.artifacts import (
     BackendError,
     ExportedModel,
     export_files,
+    read_export,
 )
 from glacier_mapping.runtime.backends import load_exported
 from glacier_mapping.store import file_digest, publish_set
@@ -137,7 +138,11 @@ def export(model_path: Path, fmt: str) -> dict:
     with tempfile.TemporaryDirectory(prefix=".export-", dir=model_path.parent) as tmp:
         staged = {key: Path(tmp) / path.name for key, path in files.items() if key != "record"}
         onnx_path = staged["main"] if fmt == "onnx" else Path(tmp) / "model.onnx"
-        to_onnx(export_copy(model), onnx_path)
+        current = None if fmt == "onnx" else read_export(model_path, "onnx", False, source_sha256)
+        if current is None:
+            to_onnx(export_copy(model), onnx_path)
+        else:
+            onnx_path = current.path
         if fmt == "openvino":
             to_openvino(onnx_path, staged["main"])
         exported = ExportedModel(staged["main"], fmt, False, shapes, OUTPUT_HEAD, {})
