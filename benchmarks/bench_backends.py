@@ -13,7 +13,10 @@ the glacier IoU of the two class rasters. Exports are made once before the round
 is reported, not counted in the deployments).
 
 All backends run in each round, one after another, for ``--rounds`` rounds (min and median are
-reported; ratios to TensorFlow are taken within a round). ``--isa avx2`` repeats everything
+reported; ratios to TensorFlow are taken within a round). On a shared machine other processes
+slow some runs more than others: each run records the 1-minute load average (mean of its start
+and end) and the CPU seconds of its process (user + system), which other load inflates less
+than wall time. ``--isa avx2`` repeats everything
 with ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``OV_CPU_MAX_ISA=AVX2`` to approximate an AVX2-only CPU:
 TensorFlow's oneDNN and OpenVINO honour them (the kernels OpenVINO ran are recorded); ONNX
 Runtime has no such limit, so its AVX2 rows still ran AVX-512 kernels.
@@ -85,14 +88,18 @@ def child(model: str, optical: str, dem: str, out_dir: str, options: str, probs:
         return info, runner, card
 
     deploy._prepare_model = measured_prepare
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with SceneSource(optical, OPTICAL_BANDS, dem=dem) as source:
         summary = deploy.deploy_scene(source, model, out_dir,
                                       deploy.DeployOptions(**json.loads(options)), progress=False)
     wall = time.perf_counter() - start
+    times = os.times()
     runner = loaded["runner"]
     print(json.dumps({
         "seconds": summary.seconds, "wall": wall, "load_seconds": loaded["seconds"],
+        "cpu_seconds": times.user + times.system,
+        "load_average": (load_before + os.getloadavg()[0]) / 2,
         "rss_imports_mb": rss_imports, "rss_loaded_mb": loaded["rss_mb"],
         "peak_mb": common.proc_status_mb("VmHWM"), "windows": summary.pixels["windows"],
         "backend": summary.parameters["backend"], "precision": summary.parameters["precision"],
@@ -162,6 +169,8 @@ def case_rows(isa: str, case: tuple[str, str], results: list[dict], reference: l
         "deploy_seconds": ([r["seconds"]["total"] for r in results], "s"),
         "predict_seconds": ([r["seconds"]["predict"] for r in results], "s"),
         "model_load_seconds": ([r["load_seconds"] for r in results], "s"),
+        "process_cpu_seconds": ([r["cpu_seconds"] for r in results], "s"),
+        "load_average_1min": ([r["load_average"] for r in results], "load"),
         "peak_rss_mb": ([r["peak_mb"] for r in results], "MB"),
         "rss_after_imports_mb": ([r["rss_imports_mb"] for r in results], "MB"),
         "model_load_rss_mb": ([r["rss_loaded_mb"] - r["rss_imports_mb"] for r in results], "MB"),
@@ -212,8 +221,9 @@ def run(quick: bool, rounds: int, isas: list[str], out: Path | None) -> list[Row
                     windows[case] = np.fromfile(probs, np.float32)
                     probs.unlink()
                     print(f"{isa} round {round_}: {case[0]} {case[1]}: "
-                          f"{result['seconds']['total']:.1f} s, peak {result['peak_mb']:.0f} MB",
-                          flush=True)
+                          f"{result['seconds']['total']:.1f} s ({result['cpu_seconds']:.0f} CPU "
+                          f"s), peak {result['peak_mb']:.0f} MB, load "
+                          f"{result['load_average']:.1f}", flush=True)
                 for case in CASES:
                     differences[case].append(
                         float(np.abs(windows[case] - windows[REFERENCE]).max()))

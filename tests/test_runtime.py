@@ -12,9 +12,18 @@ import rasterio
 from rasterio.transform import from_origin
 
 from glacier_mapping.data.scenes import OPTICAL_BANDS, SceneSource
+from glacier_mapping.data.tiles import make_tile, write_tiles
 from glacier_mapping.deploy import DeploymentError, DeployOptions, deploy_scene
 from glacier_mapping.models import build_model
-from glacier_mapping.runtime import BackendError, artifacts, backends, choose_backend, load_backend
+from glacier_mapping.runtime import (
+    BackendError,
+    artifacts,
+    backends,
+    choose_backend,
+    load_backend,
+    quantise,
+)
+from glacier_mapping.runtime.backends import predict_image
 
 P = 64
 EXPORTED = ("onnxruntime", "openvino")
@@ -245,3 +254,59 @@ def test_deploy_command_without_tensorflow_in_bounded_memory(models, tmp_path, b
     assert small["heavy"] == [] and large["heavy"] == [], results
     assert small["backend"] == large["backend"] == backend
     assert large["peak_mb"] <= 1.5 * small["peak_mb"], results
+
+
+def tile_file(path, runner=None, count=3, seed=0):
+    """Tiles of random features; labels from ``runner``'s float32 glacier map (or none)."""
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for index in range(count):
+        features = {"optical": rng.random((128, 128, 6), dtype=np.float32),
+                    "dem": rng.random((128, 128, 2), dtype=np.float32)}
+        labels = None if runner is None else (
+            predict_image(runner, features)[..., 1] >= 0.5).astype(np.uint8)
+        tiles.append(make_tile(f"ALP-{index}-0", "ALP", features, labels,
+                               (10.0, 10.1, 46.0, 46.1), P))
+    write_tiles(path, tiles)
+    return path
+
+
+@pytest.fixture(scope="module")
+def quantisable(models, tmp_path_factory):
+    """A copy of the tiny GlaViTU with its float32 exports, and train / test tile files."""
+    folder = tmp_path_factory.mktemp("int8")
+    for path in models["glavitu"].parent.iterdir():
+        if not path.name.endswith(".lock"):
+            shutil.copy(path, folder / path.name)
+    model = folder / "model.keras"
+    reference = load_backend(str(model), "onnxruntime")
+    return {"model": model, "train": tile_file(folder / "train.hdf5", seed=1),
+            "test": tile_file(folder / "test.hdf5", reference, seed=2)}
+
+
+def test_int8_is_published_only_within_the_iou_tolerance(quantisable, monkeypatch, capsys):
+    model, train, test = (str(quantisable[key]) for key in ("model", "train", "test"))
+    try:
+        quantise.main([model, "--train", train, "--test", test, "--windows", "8"])
+    except SystemExit as stop:
+        assert "keep float32" in str(stop.code)
+    lines = capsys.readouterr().out.splitlines()
+    for fmt, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        line = next(line for line in lines if line.startswith(f"{fmt}:"))
+        float32, int8 = (float(word.rstrip(",:")) for word in line.split()[4:7:2])
+        assert float32 == pytest.approx(1.0)  # the test labels are the float32 model's map
+        accepted = abs(int8 - float32) <= quantise.IOU_TOLERANCE
+        assert line.endswith("accepted" if accepted else "refused")
+        record = artifacts.read_export(quantisable["model"], fmt, quantised=True)
+        assert (record is not None) == accepted
+        if accepted:
+            assert record.record["quantisation"]["test"]["iou_int8"] == pytest.approx(int8)
+            batch, _ = windows()
+            probs = load_backend(model, backend, "int8").predict(batch)
+            assert np.abs(probs - load_backend(model, backend).predict(batch)).max() < 0.2
+    monkeypatch.setattr(quantise, "IOU_TOLERANCE", -1.0)  # no model can pass
+    for path in quantisable["model"].parent.glob("*int8*"):
+        path.unlink()
+    with pytest.raises(SystemExit, match="keep float32"):
+        quantise.main([model, "--train", train, "--test", test, "--windows", "4"])
+    assert not list(quantisable["model"].parent.glob("*int8*"))

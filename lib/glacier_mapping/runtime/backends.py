@@ -22,7 +22,7 @@ import numpy as np
 from glacier_mapping.lazy import lazy_module
 from glacier_mapping.machine import cpu_flags, instruction_set_kind
 from glacier_mapping.runtime.artifacts import BackendError, ExportedModel, ensure_export
-from glacier_mapping.windows import dihedral, inverse_dihedral, select_inputs
+from glacier_mapping.windows import WindowBlender, dihedral, inverse_dihedral, select_inputs
 
 models = lazy_module("glacier_mapping.models")
 onnx_backend = lazy_module("glacier_mapping.runtime.onnx_backend")
@@ -141,6 +141,29 @@ class ExportedRunner:
     def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """float32 probabilities of at most :attr:`windows_per_call` windows."""
         raise NotImplementedError
+
+
+def predict_image(runner: Runner, features: Mapping[str, np.ndarray], batch_size: int = 8,
+                  stride: int | None = None) -> np.ndarray:
+    """Blended probabilities ``(H, W, classes)`` of an image at least one window in size.
+
+    The windows of :class:`glacier_mapping.windows.WindowBlender` (the scene loop's blending),
+    ``batch_size`` per call; ``stride`` defaults to half a window. Used to score runners on
+    benchmark tiles without TensorFlow.
+    """
+    size = next(shape[0] for name, shape in runner.inputs.items() if len(shape) == 3)
+    height, width = next(iter(features.values())).shape[:2]
+    blender = WindowBlender(height, width, size, stride or max(size // 2, 1))
+    finished = []
+    for start in range(0, len(blender.origins), batch_size):
+        chunk = blender.origins[start : start + batch_size]
+        windows = {name: np.stack([array[r : r + size, c : c + size] for r, c in chunk])
+                   for name, array in features.items()}
+        for probs, (row, col) in zip(runner.predict(windows), chunk, strict=True):
+            rows = blender.add(probs, row, col)
+            if rows is not None:
+                finished.append(rows.probs)
+    return np.concatenate(finished)
 
 
 def installed(backend: str) -> bool:
