@@ -55,13 +55,13 @@ REFERENCE = ("tensorflow", "float32")
 
 
 def openvino_kernels(runner: object) -> list[str]:
-    """Distinct execution types of the convolutions OpenVINO compiled (e.g. ``jit_avx512_FP32``)."""
+    """Distinct primitives of the convolutions OpenVINO compiled (e.g. ``brgconv_avx512_f32``)."""
     kinds = set()
     for request in getattr(runner, "_requests", {}).values():
         for op in request.get_compiled_model().get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
-            if "Convolution" in str(info["layerType"]):
-                kinds.add(str(info["execType"]))
+            if info["layerType"].astype(str) == "Convolution":
+                kinds.add(info["primitiveType"].astype(str))
     return sorted(kinds)
 
 

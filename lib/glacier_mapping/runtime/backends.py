@@ -42,7 +42,12 @@ SUPPORTED_PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("float32", "int8"),
     "openvino": ("float32", "bfloat16", "int8"),
 }
-#: ``auto``'s preference per CPU kind, fastest first (float32, ``bench_backends.py``).
+#: ``auto``'s preference per CPU kind (float32, ``benchmarks/bench_backends.py``, paper-size
+#: scene on a 2-core AVX-512 Xeon, 2026-12-06): OpenVINO had the lowest peak memory (0.83 GB
+#: against 1.01 GB for ONNX Runtime and 1.45-1.50 GB for TensorFlow) and was the fastest in two
+#: of three rounds (ONNX Runtime by 6 % in the third); under ``ONEDNN_MAX_CPU_ISA=AVX2`` and
+#: ``OV_CPU_MAX_ISA=AVX2`` it took 106-169 s against TensorFlow's 275-286 s (ONNX Runtime cannot
+#: be limited to AVX2, so it has no AVX2 figure).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "AVX-512": ("openvino", "onnxruntime", "tensorflow"),
     "AVX2-only": ("openvino", "onnxruntime", "tensorflow"),
