@@ -228,3 +228,15 @@ def test_memory_does_not_grow_with_scene_area(tmp_path):
     # (5 bytes a pixel) is the only part allowed to grow.
     growth = (large["peak_mb"] - large["base_mb"]) - large["result_mb"]
     assert growth <= max(small["peak_mb"] - small["base_mb"], 0.0) + 48.0, peaks
+
+
+def test_other_backends_map_like_tensorflow(kit):
+    """map_glaciers runs the exported model (ONNX Runtime, OpenVINO) like deploy does."""
+    reference = map_glaciers(dask_dataset(kit), kit["model"], options=OPTIONS)
+    for backend in ("onnxruntime", "openvino"):
+        mapped = map_glaciers(dask_dataset(kit), kit["model"],
+                              options=replace(OPTIONS, backend=backend))
+        np.testing.assert_allclose(mapped["confidence"].values,
+                                   reference["confidence"].values, atol=1e-4, equal_nan=True)
+        assert (mapped["glacier_class"].values != reference["glacier_class"].values).mean() \
+            < 1e-3

@@ -28,7 +28,6 @@ from glacier_mapping.deploy import (
     DeployOptions,
     prepare_deployment,
 )
-from glacier_mapping.inference import window_origins
 from glacier_mapping.products import PRODUCTS
 from glacier_mapping.scene_inference import (
     CLASS_NODATA,
@@ -36,6 +35,7 @@ from glacier_mapping.scene_inference import (
     mapped_rows,
 )
 from glacier_mapping.store import file_digest
+from glacier_mapping.windows import window_origins
 
 
 def map_glaciers(
