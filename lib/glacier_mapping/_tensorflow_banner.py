@@ -45,15 +45,23 @@ class _MutedLoader(importlib.abc.Loader):
 
 
 class _TensorFlowFinder(importlib.abc.MetaPathFinder):
-    """Find ``tensorflow`` once, with a muted loader, then step aside."""
+    """Find ``tensorflow`` with a muted loader until it is imported.
+
+    It stays in place after a mere look-up (``importlib.util.find_spec("tensorflow")``, e.g.
+    to ask whether TensorFlow is installed), so that the import that follows is muted too.
+    """
 
     def find_spec(
         self, name: str, path: object = None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if name != "tensorflow":
+        if name != "tensorflow" or name in sys.modules:
             return None
+        index = sys.meta_path.index(self)
         sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(index, self)
         if spec is not None and spec.loader is not None:
             spec.loader = _MutedLoader(spec.loader)
         return spec
